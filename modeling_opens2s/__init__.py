@@ -1,0 +1,25 @@
+"""The OpenS2S model as flat remote-code modules (config, model, feature extractor, processor) plus the converter."""
+
+from typing import TYPE_CHECKING
+
+from transformers.utils import _LazyModule
+
+
+_import_structure = {
+    "configuration_opens2s": ["OpenS2SConfig"],
+    "modeling_opens2s": ["OpenS2SForConditionalGeneration", "OpenS2SOutput", "OpenS2SPreTrainedModel"],
+    "feature_extraction_opens2s": ["OpenS2SFeatureExtractor"],
+    "processing_opens2s": ["OpenS2SProcessor"],
+    "convert_original_opens2s": ["convert_original_checkpoint", "export_remote_code"],
+}
+
+if TYPE_CHECKING:
+    from .configuration_opens2s import OpenS2SConfig
+    from .convert_original_opens2s import convert_original_checkpoint, export_remote_code
+    from .feature_extraction_opens2s import OpenS2SFeatureExtractor
+    from .modeling_opens2s import OpenS2SForConditionalGeneration, OpenS2SOutput, OpenS2SPreTrainedModel
+    from .processing_opens2s import OpenS2SProcessor
+else:
+    import sys
+
+    sys.modules[__name__] = _LazyModule(__name__, __file__, _import_structure, module_spec=__spec__)

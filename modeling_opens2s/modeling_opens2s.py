@@ -1,0 +1,373 @@
+"""OpenS2S: an empathetic speech-to-speech LM (arXiv 2507.05177), as a transformers model.
+
+wav -> Qwen2-Audio encoder (25 Hz) -> adapter (stride-2 convs + GLU, FFN residual, LayerNorm; 6.25 Hz) -> spliced
+into the LLM input at the audio placeholders -> Qwen3 LLM -> text; the LLM's last hidden states, projected and
+normalised, condition a second Qwen3 LM (the speech decoder) that writes speech units in an interleaved M:N layout.
+"""
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from transformers import AutoModel, AutoModelForCausalLM, GenerationMixin, PreTrainedModel
+from transformers.cache_utils import Cache
+from transformers.utils import ModelOutput, logging
+
+from .audio_lengths_opens2s import adapter_output_lengths, encoder_output_lengths
+from .configuration_opens2s import OpenS2SConfig
+from .interleave_opens2s import IGNORE_INDEX, build_interleaved_rows, find_speech_spans
+
+
+__all__ = ["OpenS2SAudioAdapter", "OpenS2SForConditionalGeneration", "OpenS2SOutput", "OpenS2SPreTrainedModel"]
+
+logger = logging.get_logger(__name__)
+
+
+@dataclass
+class OpenS2SOutput(ModelOutput):
+    r"""
+    Output of [`OpenS2SForConditionalGeneration.forward`].
+
+    Args:
+        loss (`torch.FloatTensor` of shape `()`, *optional*):
+            `text_loss_weight * text_loss + speech_loss_weight * speech_loss` (only the text loss without units).
+        text_loss (`torch.FloatTensor` of shape `()`, *optional*): LLM next-token cross-entropy.
+        speech_loss (`torch.FloatTensor` of shape `()`, *optional*): speech decoder next-unit cross-entropy.
+        logits (`torch.FloatTensor` of shape `(batch_size, sequence_length, text_vocab_size)`): LLM logits.
+        speech_logits (`torch.FloatTensor` of shape `(num_speech_turns, speech_length, speech_vocab_size)`, *optional*):
+            Speech decoder logits, one row per assistant speech turn in the interleaved layout, speaker slot first.
+        speech_attention_mask (`torch.LongTensor` of shape `(num_speech_turns, speech_length)`, *optional*):
+            1 on the filled positions of `speech_logits` rows.
+        speech_labels (`torch.LongTensor` of shape `(num_speech_turns, speech_length)`, *optional*):
+            Unshifted unit targets of the speech decoder (-100 on speaker slot, text rows and padding).
+        last_hidden_state (`torch.FloatTensor` of shape `(batch_size, sequence_length, text_hidden_size)`):
+            LLM hidden states after its final norm (what the speech decoder is conditioned on).
+        cache (`Cache`, *optional*): the LLM's key/value cache.
+    """
+
+    loss: torch.FloatTensor | None = None
+    text_loss: torch.FloatTensor | None = None
+    speech_loss: torch.FloatTensor | None = None
+    logits: torch.FloatTensor | None = None
+    speech_logits: torch.FloatTensor | None = None
+    speech_attention_mask: torch.LongTensor | None = None
+    speech_labels: torch.LongTensor | None = None
+    last_hidden_state: torch.FloatTensor | None = None
+    cache: Cache | None = None
+
+
+def causal_lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Next-token cross-entropy in float32, mean over targets: position `t` predicts `labels[t + 1]`; -100 ignored."""
+    shift_logits = logits[:, :-1].float().reshape(-1, logits.shape[-1])
+    shift_labels = labels[:, 1:].reshape(-1).to(shift_logits.device)
+    return nn.functional.cross_entropy(shift_logits, shift_labels, ignore_index=IGNORE_INDEX)
+
+
+class OpenS2SAudioAdapter(nn.Module):
+    """Encoder frames -> LLM embeddings: stride-2 convolutions each followed by a GLU over channels, then
+    `x + fc2(gelu(fc1(x)))` and LayerNorm (original `Subsampler`; BLSP-Emo, arXiv 2406.03872)."""
+
+    def __init__(self, config: OpenS2SConfig):
+        super().__init__()
+        encoder_dim = config.audio_config.d_model
+        llm_dim = config.text_config.hidden_size
+        kernel_sizes = config.adapter_conv_kernel_sizes
+        # GLU halves the channels: inner convs output 2*encoder_dim (-> encoder_dim), the last 2*llm_dim (-> llm_dim).
+        self.conv_layers = nn.ModuleList(
+            nn.Conv1d(
+                encoder_dim,
+                2 * encoder_dim if index < len(kernel_sizes) - 1 else 2 * llm_dim,
+                kernel_size,
+                stride=2,
+                padding=kernel_size // 2,
+            )
+            for index, kernel_size in enumerate(kernel_sizes)
+        )
+        self.fc1 = nn.Linear(llm_dim, config.adapter_inner_dim, bias=False)
+        self.fc2 = nn.Linear(config.adapter_inner_dim, llm_dim, bias=False)
+        self.activation = nn.GELU()
+        self.ln = nn.LayerNorm(llm_dim, eps=1e-5)
+
+    def forward(self, encoder_states: torch.Tensor, encoder_lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """`(num_audios, frames, encoder_dim)` -> `(num_audios, frames / 2**num_convs, llm_dim)` and valid lengths."""
+        hidden = encoder_states.transpose(1, 2)
+        for conv in self.conv_layers:
+            hidden = nn.functional.glu(conv(hidden), dim=1)
+        hidden = hidden.transpose(1, 2)
+        hidden = hidden + self.fc2(self.activation(self.fc1(hidden)))
+        return self.ln(hidden), adapter_output_lengths(encoder_lengths, len(self.conv_layers))
+
+
+class OpenS2SPreTrainedModel(PreTrainedModel):
+    config: OpenS2SConfig
+    config_class = OpenS2SConfig
+    base_model_prefix = ""
+    main_input_name = "input_ids"
+    input_modalities = ("audio", "text")
+    supports_gradient_checkpointing = True
+    _no_split_modules = ["Qwen2AudioEncoderLayer", "Qwen3DecoderLayer"]
+    _supports_flash_attn = True
+    _supports_sdpa = True
+    _supports_flex_attn = True
+    _can_compile_fullgraph = False
+
+    def _init_weights(self, module: nn.Module):
+        std = getattr(self.config.text_config, "initializer_range", 0.02)
+        if isinstance(module, (nn.Linear, nn.Conv1d)):
+            nn.init.normal_(module.weight, mean=0.0, std=std)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.LayerNorm):
+            nn.init.ones_(module.weight)
+            nn.init.zeros_(module.bias)
+        else:
+            super()._init_weights(module)
+
+
+class OpenS2SForConditionalGeneration(OpenS2SPreTrainedModel, GenerationMixin):
+    """OpenS2S: hears speech, answers in text, and writes speech units for the answer.
+
+    `forward` computes the LLM logits and, when `speech_units` are given, the speech decoder's teacher-forced
+    logits in the original interleaved layout; `generate` (from [`GenerationMixin`]) produces text;
+    `stream` (see `streaming_opens2s.py`) produces text and speech together.
+    """
+
+    def __init__(self, config: OpenS2SConfig):
+        super().__init__(config)
+        self.audio_encoder = AutoModel.from_config(config.audio_config)
+        self.audio_adapter = OpenS2SAudioAdapter(config)
+        self.language_model = AutoModelForCausalLM.from_config(config.text_config)
+        self.speech_decoder = AutoModelForCausalLM.from_config(config.speech_decoder_config)
+        decoder_dim = config.speech_decoder_config.hidden_size
+        # LLM hidden state -> speech decoder input (original `llm2tts` + `llm_ln`).
+        self.hidden_projection = nn.Linear(config.text_config.hidden_size, decoder_dim, bias=False)
+        self.hidden_norm = nn.LayerNorm(decoder_dim, eps=1e-5)
+        # Speaker embedding -> the decoder's first position (original `spk2tts` + `spk_ln`).
+        self.speaker_projection = nn.Linear(config.speaker_embedding_dim, decoder_dim, bias=False)
+        self.speaker_norm = nn.LayerNorm(decoder_dim, eps=1e-5)
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Module:
+        return self.language_model.get_input_embeddings()
+
+    def set_input_embeddings(self, value: nn.Module):
+        self.language_model.set_input_embeddings(value)
+
+    def get_output_embeddings(self) -> nn.Module:
+        return self.language_model.get_output_embeddings()
+
+    # ---------------------------------------------------------------- audio
+    def get_audio_features(
+        self, input_features: torch.Tensor, feature_attention_mask: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Encode audios into LLM embeddings.
+
+        Reproduces two behaviours of the original on purpose (parity with the released weights): every 30 s window
+        is encoded *without* a mask (its zero padding is attended to), and the adapter runs over the encoder frames
+        of all audios padded to the longest one, so a shorter audio's last frames see encoder outputs of padding.
+
+        Args:
+            input_features (`torch.FloatTensor` of shape `(num_audios, num_mel_bins, 3000 * k)`): log-mel features.
+            feature_attention_mask (`torch.LongTensor` of shape `(num_audios, 3000 * k)`): 1 on valid mel frames.
+
+        Returns:
+            `(audio_embeds, audio_lengths)`: `(num_audios, frames, llm_hidden)` and valid frames per audio.
+        """
+        encoder_states, encoder_lengths = self._encode_audio_windows(input_features, feature_attention_mask)
+        return self.audio_adapter(encoder_states, encoder_lengths)
+
+    def _encode_audio_windows(
+        self, input_features: torch.Tensor, feature_attention_mask: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        window = self.config.audio_config.max_source_positions * 2
+        num_audios, num_mels, num_frames = input_features.shape
+        if num_frames % window != 0:
+            raise ValueError(f"input_features must hold whole 30 s windows of {window} frames, got {num_frames}")
+        num_windows = num_frames // window
+        feature_lengths = feature_attention_mask.sum(-1)
+        windows_used = torch.div(feature_lengths + window - 1, window, rounding_mode="floor")
+        if bool((windows_used == 0).any()):
+            raise ValueError("every audio needs at least one valid feature frame; got an empty feature_attention_mask")
+        windows = input_features.reshape(num_audios, num_mels, num_windows, window).permute(0, 2, 1, 3)
+        window_masks = feature_attention_mask.reshape(num_audios, num_windows, window)
+        used = torch.arange(num_windows, device=windows_used.device)[None, :] < windows_used[:, None]
+        # Windows entirely made of padding (a short audio batched with a long one) are skipped, as in the original.
+        encoder_dtype = self.audio_encoder.conv1.weight.dtype
+        encoded = self.audio_encoder(windows[used].to(encoder_dtype)).last_hidden_state
+        window_lengths = encoder_output_lengths(window_masks[used].sum(-1))
+        frames_per_window = encoded.shape[1]
+        states = encoded.new_zeros(num_audios, num_windows * frames_per_window, encoded.shape[-1])
+        lengths = torch.zeros(num_audios, dtype=torch.long, device=encoded.device)
+        offset = 0
+        for audio, count in enumerate(windows_used.tolist()):
+            states[audio, : count * frames_per_window] = encoded[offset : offset + count].flatten(0, 1)
+            lengths[audio] = window_lengths[offset : offset + count].sum()
+            offset += count
+        return states[:, : int(lengths.max())], lengths
+
+    def get_placeholder_mask(self, input_ids: torch.LongTensor, num_audio_frames: int) -> torch.Tensor:
+        """Mask of the audio placeholder positions; raises if their number differs from the audio frames."""
+        if self.config.audio_token_id is None:
+            raise ValueError("config.audio_token_id is not set: the model cannot find where to put the audio")
+        mask = input_ids == self.config.audio_token_id
+        num_placeholders = int(mask.sum())
+        if num_placeholders != num_audio_frames:
+            raise ValueError(
+                f"Audio features and audio placeholder tokens do not match: {num_placeholders} placeholder tokens in "
+                f"input_ids but the audios give {num_audio_frames} frames. Build inputs with OpenS2SProcessor, which "
+                "repeats the placeholder once per audio frame."
+            )
+        return mask
+
+    def embed_inputs(
+        self,
+        input_ids: torch.LongTensor,
+        input_features: torch.Tensor | None = None,
+        feature_attention_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Text embeddings of `input_ids` with the audio frames written over the placeholder positions."""
+        embed_tokens = self.get_input_embeddings()
+        placeholder = input_ids == self.config.audio_token_id if self.config.audio_token_id is not None else None
+        if input_features is None:
+            if placeholder is not None and bool(placeholder.any()):
+                raise ValueError("input_ids hold audio placeholder tokens but no input_features were given")
+            return embed_tokens(input_ids)
+        if feature_attention_mask is None:
+            raise ValueError("feature_attention_mask is required with input_features (it marks the valid frames)")
+        audio_embeds, audio_lengths = self.get_audio_features(input_features, feature_attention_mask)
+        valid = torch.arange(audio_embeds.shape[1], device=audio_lengths.device)[None, :] < audio_lengths[:, None]
+        audio_frames = audio_embeds[valid]
+        mask = self.get_placeholder_mask(input_ids, audio_frames.shape[0])
+        inputs_embeds = embed_tokens(input_ids.masked_fill(mask, 0))
+        return inputs_embeds.masked_scatter(mask.unsqueeze(-1), audio_frames.to(inputs_embeds.dtype))
+
+    # ---------------------------------------------------------------- speech decoder
+    def project_hidden_states(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        """LLM hidden states -> speech decoder input rows (`hidden_norm(hidden_projection(h))`)."""
+        return self.hidden_norm(self.hidden_projection(hidden_states))
+
+    def speaker_slot(self, speaker_embeddings: torch.Tensor | None, num_rows: int = 1) -> torch.Tensor:
+        """The speech decoder's first input row per sequence, `(num_rows, decoder_hidden)`; zeros when None."""
+        weight = self.speaker_projection.weight
+        if speaker_embeddings is None:
+            speaker_embeddings = weight.new_zeros(num_rows, self.config.speaker_embedding_dim)
+        speaker_embeddings = speaker_embeddings.reshape(-1, self.config.speaker_embedding_dim)
+        if speaker_embeddings.shape[-1] != self.config.speaker_embedding_dim:
+            raise ValueError(f"speaker embeddings must have size {self.config.speaker_embedding_dim}")
+        return self.speaker_norm(self.speaker_projection(speaker_embeddings.to(weight.device, weight.dtype)))
+
+    def _speech_decoder_forward(
+        self,
+        last_hidden_state: torch.Tensor,
+        speech_span_mask: torch.Tensor,
+        speech_units: torch.Tensor,
+        speech_units_mask: torch.Tensor | None,
+        speaker_embeddings: torch.Tensor | None,
+    ):
+        spans = find_speech_spans(speech_span_mask)
+        if len(spans) != speech_units.shape[0]:
+            raise ValueError(
+                f"speech_span_mask marks {len(spans)} speech turns but speech_units has {speech_units.shape[0]} rows"
+            )
+        if speech_units_mask is None:
+            speech_units_mask = torch.ones_like(speech_units)
+        rows = self.project_hidden_states(last_hidden_state)
+        text_rows = [rows[row, start:end] for row, start, end in spans]
+        unit_embeddings = self.speech_decoder.get_input_embeddings()(speech_units)
+        slots = self.speaker_slot(speaker_embeddings, num_rows=speech_units.shape[0])
+        inputs_embeds, attention_mask, labels = build_interleaved_rows(
+            text_rows,
+            speech_units,
+            speech_units_mask,
+            unit_embeddings,
+            slots,
+            self.config.text_span,
+            self.config.speech_span,
+        )
+        logits = self.speech_decoder(inputs_embeds=inputs_embeds, attention_mask=attention_mask, use_cache=False).logits
+        return logits, attention_mask, labels
+
+    # ---------------------------------------------------------------- forward
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        input_features: torch.Tensor | None = None,
+        feature_attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        cache: Cache | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        labels: torch.LongTensor | None = None,
+        speech_span_mask: torch.Tensor | None = None,
+        speech_units: torch.LongTensor | None = None,
+        speech_units_mask: torch.Tensor | None = None,
+        speaker_embeddings: torch.Tensor | None = None,
+        use_cache: bool | None = None,
+        logits_to_keep: int | torch.Tensor = 0,
+        **kwargs,
+    ) -> OpenS2SOutput:
+        r"""
+        Args:
+            input_ids (`torch.LongTensor` of shape `(batch_size, sequence_length)`):
+                LLM token ids; each audio is a run of `config.audio_token_id` with one position per adapter frame.
+            input_features (`torch.FloatTensor` of shape `(num_audios, num_mel_bins, 3000 * k)`, *optional*):
+                Log-mel features of all audios of the batch, in the order their placeholders appear.
+            feature_attention_mask (`torch.LongTensor` of shape `(num_audios, 3000 * k)`, *optional*):
+                1 on valid mel frames (100 per second).
+            labels (`torch.LongTensor` of shape `(batch_size, sequence_length)`, *optional*):
+                LLM targets aligned with `input_ids` (shifted inside); -100 is ignored.
+            speech_span_mask (`torch.LongTensor` of shape `(batch_size, sequence_length)`, *optional*):
+                1 on the positions whose hidden states condition the speech decoder: `<|im_tts_start|>`, the text
+                and `<|im_tts_end|>` of every assistant speech turn (the original `token_types == 1`).
+            speech_units (`torch.LongTensor` of shape `(num_speech_turns, max_units)`, *optional*):
+                Speech decoder ids of every speech turn (units + EOS), in the order of the spans, right-padded.
+            speech_units_mask (`torch.LongTensor` of shape `(num_speech_turns, max_units)`, *optional*):
+                1 on real units.
+            speaker_embeddings (`torch.FloatTensor` of shape `(num_speech_turns, speaker_embedding_dim)`, *optional*):
+                Speaker embedding per speech turn; zeros when omitted.
+        """
+        if inputs_embeds is None:
+            if input_ids is None:
+                raise ValueError("pass input_ids (or inputs_embeds)")
+            inputs_embeds = self.embed_inputs(input_ids, input_features, feature_attention_mask)
+        outputs = self.language_model.model(
+            inputs_embeds=inputs_embeds,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            cache=cache,
+            use_cache=use_cache,
+            **kwargs,
+        )
+        last_hidden_state = outputs.last_hidden_state
+        # logits_to_keep: 0 keeps every position, n > 0 the last n (generation), a tensor selects positions.
+        kept = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
+        logits = self.language_model.lm_head(last_hidden_state[:, kept])
+
+        text_loss = speech_loss = loss = None
+        speech_logits = speech_attention_mask = speech_labels = None
+        if labels is not None:
+            text_loss = causal_lm_loss(logits, labels)
+            loss = self.config.text_loss_weight * text_loss
+        if speech_units is not None:
+            if speech_span_mask is None:
+                raise ValueError("speech_units need speech_span_mask to know which hidden states condition them")
+            speech_logits, speech_attention_mask, speech_labels = self._speech_decoder_forward(
+                last_hidden_state, speech_span_mask, speech_units, speech_units_mask, speaker_embeddings
+            )
+            speech_loss = causal_lm_loss(speech_logits, speech_labels)
+            weighted = self.config.speech_loss_weight * speech_loss
+            loss = weighted if loss is None else loss + weighted
+        return OpenS2SOutput(
+            loss=loss,
+            text_loss=text_loss,
+            speech_loss=speech_loss,
+            logits=logits,
+            speech_logits=speech_logits,
+            speech_attention_mask=speech_attention_mask,
+            speech_labels=speech_labels,
+            last_hidden_state=last_hidden_state,
+            cache=outputs.cache if use_cache is not False else None,
+        )
+
+
+OpenS2SForConditionalGeneration.register_for_auto_class("AutoModel")

@@ -1,0 +1,34 @@
+"""opens2s: the OpenS2S empathetic speech-to-speech model on the Hugging Face stack.
+
+`import opens2s` is cheap: every name below loads on first use.
+"""
+
+from typing import TYPE_CHECKING
+
+from transformers.utils import _LazyModule
+
+
+__version__ = "0.1.0"
+
+_import_structure = {
+    "modeling_opens2s.configuration_opens2s": ["OpenS2SConfig"],
+    "modeling_opens2s.modeling_opens2s": ["OpenS2SForConditionalGeneration", "OpenS2SOutput"],
+    "modeling_opens2s.feature_extraction_opens2s": ["OpenS2SFeatureExtractor"],
+    "modeling_opens2s.processing_opens2s": ["OpenS2SProcessor"],
+    "modeling_opens2s.convert_original_opens2s": ["convert_original_checkpoint"],
+    "tiny": ["build_tiny_model", "TINY_MODEL_DIR"],
+}
+
+if TYPE_CHECKING:
+    from .modeling_opens2s.configuration_opens2s import OpenS2SConfig
+    from .modeling_opens2s.convert_original_opens2s import convert_original_checkpoint
+    from .modeling_opens2s.feature_extraction_opens2s import OpenS2SFeatureExtractor
+    from .modeling_opens2s.modeling_opens2s import OpenS2SForConditionalGeneration, OpenS2SOutput
+    from .modeling_opens2s.processing_opens2s import OpenS2SProcessor
+    from .tiny import TINY_MODEL_DIR, build_tiny_model
+else:
+    import sys
+
+    sys.modules[__name__] = _LazyModule(
+        __name__, __file__, _import_structure, module_spec=__spec__, extra_objects={"__version__": __version__}
+    )
