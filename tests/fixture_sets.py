@@ -1,0 +1,23 @@
+"""Locating the parity fixture sets built with the original OpenS2S code (`../shared/fixtures/reference_*`)."""
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+
+FIXTURES_DIR = Path(os.environ.get("OPENS2S_FIXTURES", Path(__file__).resolve().parents[2] / "shared" / "fixtures"))
+
+
+def reference_sets() -> list:
+    """One `pytest.param` per fixture set folder holding a manifest; empty when the fixtures are not present."""
+    folders = sorted(FIXTURES_DIR.glob("reference_*")) if FIXTURES_DIR.is_dir() else []
+    return [pytest.param(folder, id=folder.name) for folder in folders if (folder / "manifest.json").is_file()]
+
+
+def load_manifest(folder: Path) -> dict:
+    return json.loads((folder / "manifest.json").read_text())
+
+
+requires_reference = pytest.mark.skipif(not reference_sets(), reason=f"no reference_* fixture sets in {FIXTURES_DIR}")
