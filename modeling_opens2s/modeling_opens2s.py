@@ -112,6 +112,11 @@ class OpenS2SPreTrainedModel(PreTrainedModel):
     _can_compile_fullgraph = False
 
     def _init_weights(self, module: nn.Module):
+        # Modules of the encoder and the two LMs use their own model's init (and initializer_range).
+        owner = self._sub_model_of(module)
+        if owner is not None:
+            owner._init_weights(module)
+            return
         std = getattr(self.config.text_config, "initializer_range", 0.02)
         if isinstance(module, (nn.Linear, nn.Conv1d)):
             nn.init.normal_(module.weight, mean=0.0, std=std)
@@ -122,6 +127,12 @@ class OpenS2SPreTrainedModel(PreTrainedModel):
             nn.init.zeros_(module.bias)
         else:
             super()._init_weights(module)
+
+    def _sub_model_of(self, module: nn.Module) -> PreTrainedModel | None:
+        if getattr(self, "_sub_model_index", None) is None:
+            sub_models = [m for m in self.children() if isinstance(m, PreTrainedModel)]
+            self._sub_model_index = {id(inner): sub for sub in sub_models for inner in sub.modules()}
+        return self._sub_model_index.get(id(module))
 
 
 class OpenS2SForConditionalGeneration(OpenS2SPreTrainedModel, GenerationMixin):

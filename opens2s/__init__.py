@@ -16,7 +16,7 @@ _import_structure = {
     "modeling_opens2s.feature_extraction_opens2s": ["OpenS2SFeatureExtractor"],
     "modeling_opens2s.processing_opens2s": ["OpenS2SProcessor"],
     "modeling_opens2s.convert_original_opens2s": ["convert_original_checkpoint"],
-    "tiny": ["build_tiny_model", "TINY_MODEL_DIR"],
+    "tiny": ["build_tiny_model", "tiny_model_path", "TINY_MODEL_DIR", "EXAMPLE_WAV"],
 }
 
 if TYPE_CHECKING:
@@ -25,7 +25,7 @@ if TYPE_CHECKING:
     from .modeling_opens2s.feature_extraction_opens2s import OpenS2SFeatureExtractor
     from .modeling_opens2s.modeling_opens2s import OpenS2SForConditionalGeneration, OpenS2SOutput
     from .modeling_opens2s.processing_opens2s import OpenS2SProcessor
-    from .tiny import TINY_MODEL_DIR, build_tiny_model
+    from .tiny import EXAMPLE_WAV, TINY_MODEL_DIR, build_tiny_model, tiny_model_path
 else:
     import sys
 

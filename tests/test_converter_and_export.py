@@ -162,3 +162,28 @@ def test_export_loads_without_opens2s(converted, original_folder, tmp_path):
     with torch.no_grad():
         expected = model(**batch).logits
     torch.testing.assert_close(torch.load(str(batch_file) + ".logits"), expected, atol=0, rtol=0)
+
+
+def test_tiny_export_loads_without_opens2s(tiny_model_dir, tmp_path):
+    """The same check on the tiny default model, so it runs where the fixture sets are absent."""
+    from transformers import AutoModel
+
+    from opens2s import EXAMPLE_WAV
+
+    processor = AutoProcessor.from_pretrained(tiny_model_dir, trust_remote_code=True)
+    messages = [{"role": "user", "content": [{"type": "audio", "path": str(EXAMPLE_WAV)}]}]
+    batch = processor.apply_chat_template(
+        messages, add_generation_prompt=True, tokenize=True, return_dict=True, return_tensors="pt"
+    )
+    batch_file = tmp_path / "batch.pt"
+    torch.save(dict(batch), batch_file)
+    script = tmp_path / "load.py"
+    script.write_text(BLOCKED_IMPORT)
+    result = subprocess.run(
+        [sys.executable, str(script), str(tiny_model_dir), str(batch_file)], capture_output=True, text=True, cwd=tmp_path
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    model = AutoModel.from_pretrained(tiny_model_dir, trust_remote_code=True).eval()
+    with torch.no_grad():
+        expected = model(**batch).logits
+    torch.testing.assert_close(torch.load(str(batch_file) + ".logits"), expected, atol=0, rtol=0)
