@@ -142,32 +142,35 @@ BLOCKED_IMPORT = textwrap.dedent(
 )
 
 
-@requires_reference
-def test_export_loads_without_opens2s(converted, original_folder, tmp_path):
-    processor = AutoProcessor.from_pretrained(converted, trust_remote_code=True)
-    rows = list(load_original_jsonl(original_folder / "inputs" / "train_example.jsonl", audio_root=original_folder))
-    batch = OpenS2SDataCollator(processor)(rows)
+def assert_same_logits_without_opens2s(folder, batch, tmp_path):
+    """Load `folder` through the Auto classes in a fresh process where `opens2s` cannot be imported; compare logits."""
+    from transformers import AutoModel
+
     batch_file = tmp_path / "batch.pt"
     torch.save(dict(batch), batch_file)
     script = tmp_path / "load.py"
     script.write_text(BLOCKED_IMPORT)
     result = subprocess.run(
-        [sys.executable, str(script), str(converted), str(batch_file)], capture_output=True, text=True, cwd=tmp_path
+        [sys.executable, str(script), str(folder), str(batch_file)], capture_output=True, text=True, cwd=tmp_path
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "OpenS2SConfig OpenS2SForConditionalGeneration OpenS2SProcessor" in result.stdout
-    from transformers import AutoModel
-
-    model = AutoModel.from_pretrained(converted, trust_remote_code=True).eval()
+    model = AutoModel.from_pretrained(folder, trust_remote_code=True).eval()
     with torch.no_grad():
         expected = model(**batch).logits
     torch.testing.assert_close(torch.load(str(batch_file) + ".logits"), expected, atol=0, rtol=0)
 
 
+@requires_reference
+def test_export_loads_without_opens2s(converted, original_folder, tmp_path):
+    processor = AutoProcessor.from_pretrained(converted, trust_remote_code=True)
+    rows = list(load_original_jsonl(original_folder / "inputs" / "train_example.jsonl", audio_root=original_folder))
+    batch = OpenS2SDataCollator(processor)(rows)
+    assert_same_logits_without_opens2s(converted, batch, tmp_path)
+
+
 def test_tiny_export_loads_without_opens2s(tiny_model_dir, tmp_path):
     """The same check on the tiny default model, so it runs where the fixture sets are absent."""
-    from transformers import AutoModel
-
     from opens2s import EXAMPLE_WAV
 
     processor = AutoProcessor.from_pretrained(tiny_model_dir, trust_remote_code=True)
@@ -175,15 +178,4 @@ def test_tiny_export_loads_without_opens2s(tiny_model_dir, tmp_path):
     batch = processor.apply_chat_template(
         messages, add_generation_prompt=True, tokenize=True, return_dict=True, return_tensors="pt"
     )
-    batch_file = tmp_path / "batch.pt"
-    torch.save(dict(batch), batch_file)
-    script = tmp_path / "load.py"
-    script.write_text(BLOCKED_IMPORT)
-    result = subprocess.run(
-        [sys.executable, str(script), str(tiny_model_dir), str(batch_file)], capture_output=True, text=True, cwd=tmp_path
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    model = AutoModel.from_pretrained(tiny_model_dir, trust_remote_code=True).eval()
-    with torch.no_grad():
-        expected = model(**batch).logits
-    torch.testing.assert_close(torch.load(str(batch_file) + ".logits"), expected, atol=0, rtol=0)
+    assert_same_logits_without_opens2s(tiny_model_dir, batch, tmp_path)
