@@ -35,6 +35,7 @@ REMOTE_CODE_FILES = [
     "interleave_opens2s.py",
     "feature_extraction_opens2s.py",
     "processing_opens2s.py",
+    "streaming_opens2s.py",
 ]
 # Original key prefix -> ours (checked in order; the first match wins).
 KEY_PREFIXES = [

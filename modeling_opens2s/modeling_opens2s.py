@@ -16,6 +16,7 @@ from transformers.utils import ModelOutput, logging
 from .audio_lengths_opens2s import adapter_output_lengths, encoder_output_lengths
 from .configuration_opens2s import OpenS2SConfig
 from .interleave_opens2s import IGNORE_INDEX, build_interleaved_rows, find_speech_spans
+from .streaming_opens2s import stream as stream_events
 
 
 __all__ = ["OpenS2SAudioAdapter", "OpenS2SForConditionalGeneration", "OpenS2SOutput", "OpenS2SPreTrainedModel"]
@@ -379,6 +380,11 @@ class OpenS2SForConditionalGeneration(OpenS2SPreTrainedModel, GenerationMixin):
             last_hidden_state=last_hidden_state,
             cache=outputs.cache if use_cache is not False else None,
         )
+
+    def stream(self, **kwargs):
+        """Generate text and speech units together as an iterator of events (`TextDelta`, `SpeechUnits`, `Done`);
+        see `streaming_opens2s.stream` for the arguments, e.g. `model.stream(**inputs, processor=processor)`."""
+        return stream_events(self, **kwargs)
 
 
 OpenS2SForConditionalGeneration.register_for_auto_class("AutoModel")

@@ -1,0 +1,623 @@
+"""Streaming speech-to-speech generation for OpenS2S: one KV-cached loop that drives the LLM and the speech decoder.
+
+The schedule is the original `OmniSpeechModel.generate(units_gen=True)` (CASIA-LM/OpenS2S,
+`src/modeling_omnispeech.py`), without its repeated `generate()` calls:
+
+1. The prompt (text + audio frames, ending in `<|im_tts_start|>`) is prefilled once into the LLM's cache.
+2. Per interleaving step the LLM writes up to `M = config.text_span` tokens, one forward of one position per token.
+   Token `k` of the answer is predicted from the LLM hidden state at prompt position `P - 1 + k`; that same hidden
+   state, projected (`model.project_hidden_states`), is row `k` handed to the speech decoder. So every step hands
+   over exactly as many rows as it wrote tokens: the one at `<|im_tts_start|>` first, never the one of the last token.
+3. The speech decoder reads `[speaker slot] + rows + units + rows + units ...` through its own cache and writes up to
+   `N = config.speech_span` tokens per step (fewer when its budget runs out). A speech EOS inside a step ends that
+   step only; the next step carries on after it (original behaviour, kept for parity with released weights).
+4. When the text has ended (text EOS or text budget) the decoder flushes: it writes until its EOS or its budget.
+
+Two behaviours of the original are fixed: the speaker embedding is honoured (the original always used zeros, which
+`speaker_embedding=None` still gives), and exhausting the speech budget no longer cuts the text short (the decoder
+simply stops while the LLM goes on). Events are delivered per token, as soon as each token exists.
+"""
+
+import logging
+import re
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from transformers import GenerationConfig
+from transformers.cache_utils import DynamicCache
+from transformers.generation.logits_process import (
+    LogitsProcessorList,
+    MinPLogitsWarper,
+    RepetitionPenaltyLogitsProcessor,
+    SuppressTokensLogitsProcessor,
+    TemperatureLogitsWarper,
+    TopKLogitsWarper,
+    TopPLogitsWarper,
+)
+
+__all__ = [
+    "AudioChunk",
+    "ChunkRecord",
+    "Done",
+    "IncrementalDetokenizer",
+    "SpeechUnits",
+    "StreamStats",
+    "TextDelta",
+    "stream",
+    "unit_token_range",
+]
+
+logger = logging.getLogger(__name__)
+
+# Budget used when a generation config leaves `max_new_tokens` unset (the original's fallback for both LMs).
+DEFAULT_MAX_NEW_TOKENS = 512
+SPEECH_GENERATION_CONFIG_NAME = "speech_generation_config.json"
+_UNIT_TOKEN = re.compile(r"^<\|audio_(\d+)\|>$")
+# Generation-config fields this loop does not implement; a value other than the default only logs a warning.
+_UNSUPPORTED_FIELDS = ("no_repeat_ngram_size", "bad_words_ids", "min_new_tokens", "sequence_bias", "typical_p")
+
+
+# ---------------------------------------------------------------------------------------------------------- events
+@dataclass
+class TextDelta:
+    """New text from the LLM: one event per generated token, yielded as soon as the token exists.
+
+    Args:
+        token_ids (`list[int]`): the LLM token ids of this step, as generated (a text EOS id is included, as the
+            original's `sequences` does).
+        text (`str` or `None`): the newly decodable text; `""` while a multi-byte character is still incomplete (it
+            arrives whole with a later delta) or for skipped special tokens; `None` when no tokenizer was given.
+    """
+
+    token_ids: list[int]
+    text: str | None
+
+
+@dataclass
+class SpeechUnits:
+    """New speech decoder tokens: one event per generated token.
+
+    Args:
+        token_ids (`list[int]`): speech decoder ids exactly as generated, including a speech EOS id and any non-unit
+            id the decoder produced (their concatenation over a stream equals the original's `units`).
+        units (`list[int]` or `None`): unit indices `0..K-1` of those ids that are `<|audio_k|>` tokens, i.e. what a
+            vocoder consumes; a speech EOS is never a unit. `None` when no unit tokenizer / processor was given.
+    """
+
+    token_ids: list[int]
+    units: list[int] | None
+
+
+@dataclass
+class AudioChunk:
+    """Synthesised speech, `pcm` of shape `(num_samples,)` in [-1, 1] at `sample_rate` Hz (emitted once a vocoder
+    is attached to the stream)."""
+
+    pcm: np.ndarray | torch.Tensor
+    sample_rate: int
+
+
+@dataclass
+class ChunkRecord:
+    """One interleaving step of one LM: `stage` is `"text"` or `"speech"`, `budget` the most tokens it could write
+    (the original's per-call `max_new_tokens`), `num_tokens` how many it wrote."""
+
+    stage: str
+    budget: int
+    num_tokens: int
+
+
+@dataclass
+class StreamStats:
+    """Counts and timings of one stream; times are seconds since the stream started.
+
+    Args:
+        num_text_tokens (`int`): LLM tokens generated (a text EOS included).
+        num_speech_tokens (`int`): speech decoder tokens generated (EOS and non-unit ids included).
+        num_units (`int` or `None`): unit tokens among them (`None` without a unit vocabulary).
+        time_to_first_text (`float` or `None`): when the first [`TextDelta`] was yielded.
+        time_to_first_units (`float` or `None`): when the first [`SpeechUnits`] holding a unit was yielded (any
+            decoder token when the unit vocabulary is unknown).
+        time_to_first_audio (`float` or `None`): when the first [`AudioChunk`] was yielded (`None` without vocoder).
+        stage_seconds (`dict[str, float]`): time spent in `audio_encoder`, `text_prefill`, `text_decode`,
+            `speech_decode` and `detokenize` (the consumer's time between events is not counted).
+        total_seconds (`float`): from the start of the stream to the [`Done`] event.
+        text_stop_reason (`str`): `"eos"` or `"max_new_tokens"`.
+        speech_stop_reason (`str`): `"eos"` (the flush met a speech EOS) or `"max_new_tokens"` (budget spent).
+        chunks (`list[ChunkRecord]`): every interleaving step, in order (the schedule).
+        conditioning (`torch.FloatTensor` of shape `(num_rows, decoder_hidden)`, *optional*): the rows handed to the
+            speech decoder (after the speaker slot), when the stream was called with `output_conditioning=True`.
+    """
+
+    num_text_tokens: int = 0
+    num_speech_tokens: int = 0
+    num_units: int | None = None
+    time_to_first_text: float | None = None
+    time_to_first_units: float | None = None
+    time_to_first_audio: float | None = None
+    stage_seconds: dict[str, float] = field(default_factory=dict)
+    total_seconds: float = 0.0
+    text_stop_reason: str = ""
+    speech_stop_reason: str = ""
+    chunks: list[ChunkRecord] = field(default_factory=list)
+    conditioning: torch.Tensor | None = None
+
+
+@dataclass
+class Done:
+    """The last event of every stream."""
+
+    stats: StreamStats
+
+
+# ---------------------------------------------------------------------------------------------------------- helpers
+def unit_token_range(source) -> tuple[int, int]:
+    """`(offset, num_units)` of the speech unit tokens: unit `k` is decoder id `offset + k`.
+
+    Args:
+        source: an `OpenS2SProcessor` (uses its `unit_token_offset` / `num_units`) or the speech decoder's tokenizer
+            (its `<|audio_k|>` tokens, which must have contiguous ids starting at `<|audio_0|>`).
+    """
+    if hasattr(source, "unit_token_offset") and hasattr(source, "num_units"):
+        return int(source.unit_token_offset), int(source.num_units)
+    units = {}
+    for token, token_id in source.get_vocab().items():
+        if match := _UNIT_TOKEN.match(token):
+            units[int(match.group(1))] = token_id
+    offset = units.get(0)
+    if offset is None or any(units.get(k) != offset + k for k in range(len(units))):
+        raise ValueError("the unit tokenizer needs <|audio_k|> tokens with contiguous ids starting at <|audio_0|>")
+    return offset, len(units)
+
+
+class IncrementalDetokenizer:
+    """Turns token ids, pushed one at a time, into text deltas that never split a character.
+
+    Byte-level BPE may spread one UTF-8 character over several tokens; decoding a prefix then ends in U+FFFD. Such
+    bytes stay buffered until a later token completes them (or until [`flush`]). Only a short window of recent
+    tokens is decoded per push, so the cost per token stays flat.
+    """
+
+    def __init__(self, tokenizer, skip_special_tokens: bool = True):
+        self.tokenizer = tokenizer
+        self.skip_special_tokens = skip_special_tokens
+        self.token_ids: list[int] = []
+        self.prefix_offset = 0  # start of the decoding window (kept one step back for context)
+        self.read_offset = 0  # tokens before this index have been emitted
+
+    def _decode(self, token_ids: list[int]) -> str:
+        return self.tokenizer.decode(
+            token_ids, skip_special_tokens=self.skip_special_tokens, clean_up_tokenization_spaces=False
+        )
+
+    def push(self, token_id: int) -> str:
+        """Add one token; return the text that became complete (possibly `""`)."""
+        self.token_ids.append(int(token_id))
+        emitted = self._decode(self.token_ids[self.prefix_offset : self.read_offset])
+        window = self._decode(self.token_ids[self.prefix_offset :])
+        if len(window) <= len(emitted) or window.endswith("\ufffd"):
+            return ""
+        self.prefix_offset, self.read_offset = self.read_offset, len(self.token_ids)
+        return window[len(emitted) :]
+
+    def flush(self) -> str:
+        """Return whatever is still buffered (an incomplete character comes out as U+FFFD) and reset the window."""
+        emitted = self._decode(self.token_ids[self.prefix_offset : self.read_offset])
+        window = self._decode(self.token_ids[self.prefix_offset :])
+        self.prefix_offset = self.read_offset = len(self.token_ids)
+        return window[len(emitted) :]
+
+
+class _StageClock:
+    """Wall-clock seconds per named stage, and the time since the stream started."""
+
+    def __init__(self):
+        self.start = time.perf_counter()
+        self.seconds: dict[str, float] = {}
+
+    @contextmanager
+    def __call__(self, stage: str):
+        begin = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[stage] = self.seconds.get(stage, 0.0) + time.perf_counter() - begin
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.start
+
+
+@dataclass
+class _DecodeSettings:
+    """How one LM picks its tokens: budget, EOS ids, logits processors (incl. warpers) and greedy vs sampling."""
+
+    budget: int
+    eos_ids: frozenset[int]
+    processors: LogitsProcessorList
+    do_sample: bool
+
+
+def _generation_value(config: GenerationConfig, name: str):
+    """A field of `config`, or transformers' own default for it when unset (e.g. `top_k=50` when sampling)."""
+    value = getattr(config, name, None)
+    if value is None:
+        defaults = getattr(GenerationConfig, "_get_default_generation_params", dict)()
+        value = defaults.get(name)
+    return value
+
+
+def _eos_ids(config: GenerationConfig, fallback) -> frozenset[int]:
+    eos = config.eos_token_id if config.eos_token_id is not None else fallback
+    if eos is None:
+        return frozenset()
+    return frozenset([int(eos)] if isinstance(eos, int) else [int(token) for token in eos])
+
+
+def _decode_settings(
+    config: GenerationConfig, fallback_eos, extra: LogitsProcessorList | None, device
+) -> _DecodeSettings:
+    """Processors in the order transformers' `generate` applies them; warpers only when sampling."""
+    if (_generation_value(config, "num_beams") or 1) > 1:
+        raise ValueError("stream decodes greedily or by sampling: beam search (num_beams > 1) is not supported")
+    for name in _UNSUPPORTED_FIELDS:
+        value = getattr(config, name, None)
+        if value not in (None, 0, 1.0, []):
+            logger.warning("stream ignores generation config field %s=%r", name, value)
+    budget = config.max_new_tokens if config.max_new_tokens is not None else DEFAULT_MAX_NEW_TOKENS
+    processors = LogitsProcessorList()
+    penalty = _generation_value(config, "repetition_penalty")
+    if penalty is not None and penalty != 1.0:
+        processors.append(RepetitionPenaltyLogitsProcessor(penalty))
+    if config.suppress_tokens:
+        processors.append(SuppressTokensLogitsProcessor(config.suppress_tokens, device=device))
+    processors.extend(extra or [])
+    do_sample = bool(_generation_value(config, "do_sample"))
+    if do_sample:
+        temperature = _generation_value(config, "temperature")
+        top_k = _generation_value(config, "top_k")
+        top_p = _generation_value(config, "top_p")
+        min_p = _generation_value(config, "min_p")
+        if temperature is not None and temperature != 1.0:
+            processors.append(TemperatureLogitsWarper(temperature))
+        if top_k:
+            processors.append(TopKLogitsWarper(top_k=top_k))
+        if top_p is not None and top_p < 1.0:
+            processors.append(TopPLogitsWarper(top_p=top_p))
+        if min_p is not None:
+            processors.append(MinPLogitsWarper(min_p=min_p))
+    return _DecodeSettings(int(budget), _eos_ids(config, fallback_eos), processors, do_sample)
+
+
+def _pick(logits: torch.Tensor, history: torch.Tensor, settings: _DecodeSettings, generator) -> torch.Tensor:
+    """Next token `(1, 1)` from last-position logits `(1, vocab)`; `history` `(1, n)` holds this LM's ids so far."""
+    scores = settings.processors(history, logits.float())
+    if settings.do_sample:
+        return torch.multinomial(torch.softmax(scores, dim=-1), num_samples=1, generator=generator)
+    return scores.argmax(dim=-1, keepdim=True)
+
+
+def _speech_generation_config(model) -> GenerationConfig:
+    """`model.speech_generation_config` if set, else the folder's `speech_generation_config.json` (then cached on
+    the model next to `model.generation_config`), else only the decoder's EOS."""
+    config = getattr(model, "speech_generation_config", None)
+    if config is not None:
+        return config
+    try:
+        config = GenerationConfig.from_pretrained(
+            model.config.name_or_path, config_file_name=SPEECH_GENERATION_CONFIG_NAME
+        )
+    except (OSError, ValueError):
+        return GenerationConfig(eos_token_id=model.config.speech_decoder_config.eos_token_id)
+    model.speech_generation_config = config
+    return config
+
+
+class _CachedLM:
+    """A causal LM fed embeddings through its own `DynamicCache`; returns final-norm hidden states and last logits.
+
+    Holds the left-padding mask of the prompt (batch of one) and extends it by one per fed position, with position
+    ids counted over real tokens only, as transformers' `generate` does.
+    """
+
+    def __init__(self, causal_lm, attention_mask: torch.Tensor | None = None):
+        self.causal_lm = causal_lm
+        self.cache = DynamicCache(config=causal_lm.config)
+        self.attention_mask = attention_mask
+        self.next_position = 0
+
+    def feed(self, inputs_embeds: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """`(1, n, hidden)` new positions -> hidden states `(1, n, hidden)` and next-token logits `(1, vocab)`."""
+        length = inputs_embeds.shape[1]
+        position_ids = None
+        if self.attention_mask is not None:
+            if self.next_position == 0:
+                position_ids = (self.attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+                self.next_position = int(position_ids[0, -1]) + 1
+            else:
+                new = torch.ones(1, length, dtype=self.attention_mask.dtype, device=self.attention_mask.device)
+                self.attention_mask = torch.cat([self.attention_mask, new], dim=-1)
+                position_ids = torch.arange(length, device=inputs_embeds.device)[None] + self.next_position
+                self.next_position += length
+        hidden = self.causal_lm.model(
+            inputs_embeds=inputs_embeds,
+            attention_mask=self.attention_mask,
+            position_ids=position_ids,
+            cache=self.cache,
+            use_cache=True,
+        ).last_hidden_state
+        return hidden, self.causal_lm.lm_head(hidden[:, -1])
+
+    @property
+    def device(self) -> torch.device:
+        return self.causal_lm.lm_head.weight.device
+
+    def embed(self, token_ids: torch.Tensor) -> torch.Tensor:
+        embeddings = self.causal_lm.get_input_embeddings()
+        return embeddings(token_ids.to(embeddings.weight.device))
+
+
+# ---------------------------------------------------------------------------------------------------------- engine
+class _Interleaver:
+    """The state of one stream: both LMs with their caches, what each generated, budgets, and the event timings."""
+
+    def __init__(
+        self,
+        model,
+        text_settings: _DecodeSettings,
+        speech_settings: _DecodeSettings,
+        speaker_slot: torch.Tensor,
+        prompt_mask: torch.Tensor | None,
+        unit_range: tuple[int, int] | None,
+        detok: IncrementalDetokenizer | None,
+        generator: torch.Generator | None,
+        output_conditioning: bool,
+    ):
+        self.model = model
+        self.text = _CachedLM(model.language_model, prompt_mask)
+        self.speech = _CachedLM(model.speech_decoder)
+        self.text_settings, self.speech_settings = text_settings, speech_settings
+        self.speaker_slot = speaker_slot  # `(1, 1, decoder_hidden)`, the decoder's first position
+        self.unit_range, self.detok, self.generator = unit_range, detok, generator
+        self.clock = _StageClock()
+        self.stats = StreamStats(num_units=0 if unit_range is not None else None)
+        self.conditioning: list[torch.Tensor] | None = [] if output_conditioning else None
+        # Ids generated so far per LM (for repetition penalties), on the device of that LM's head.
+        self.text_history = torch.empty(1, 0, dtype=torch.long, device=self.text.device)
+        self.speech_history = torch.empty(1, 0, dtype=torch.long, device=self.speech.device)
+        self.text_left, self.speech_left = text_settings.budget, speech_settings.budget
+        self.text_finished = False
+        self.pending_text: torch.Tensor | None = None  # last text token, not yet fed to the LLM
+        self.pending_unit: torch.Tensor | None = None  # last decoder token, not yet fed to the decoder
+        self.hidden: torch.Tensor | None = None  # LLM hidden state `(1, 1, h)` that predicts the next text token
+        self.logits: torch.Tensor | None = None
+        self.chunk_rows: torch.Tensor | None = None  # this step's LLM hidden states `(1, n, h)`
+
+    # ---- stages
+    def prefill(self, input_ids, input_features, feature_attention_mask):
+        with self.clock("audio_encoder"):
+            inputs_embeds = self.model.embed_inputs(input_ids, input_features, feature_attention_mask)
+        with self.clock("text_prefill"):
+            hidden, self.logits = self.text.feed(inputs_embeds)
+        self.hidden = hidden[:, -1:]  # at `<|im_tts_start|>`: conditioning row 0
+
+    def text_chunk(self):
+        """Up to `text_span` tokens, one [`TextDelta`] each; leaves their hidden states in `self.chunk_rows`."""
+        budget = min(self.model.config.text_span, self.text_left)
+        rows, finished = [], False
+        while len(rows) < budget and not finished:
+            with self.clock("text_decode"):
+                if self.pending_text is not None:
+                    hidden, self.logits = self.text.feed(self.text.embed(self.pending_text))
+                    self.hidden = hidden
+                token = _pick(self.logits, self.text_history, self.text_settings, self.generator)
+                token_id = int(token)
+            rows.append(self.hidden)
+            self.text_history = torch.cat([self.text_history, token], dim=-1)
+            self.pending_text = token
+            self.text_left -= 1
+            is_eos = token_id in self.text_settings.eos_ids
+            finished = is_eos or self.text_left < 1
+            if finished:
+                self.stats.text_stop_reason = "eos" if is_eos else "max_new_tokens"
+            yield TextDelta([token_id], self._detokenize(token_id, finished))
+        self.stats.chunks.append(ChunkRecord("text", budget, len(rows)))
+        self.chunk_rows = torch.cat(rows, dim=1)
+        self.text_finished = finished
+
+    def speech_chunk(self, flush: bool):
+        """Feed this step's rows to the decoder and write `min(speech_span, left)` tokens, or the whole remaining
+        budget when `flush`; stop the step at a speech EOS."""
+        budget = self.speech_left if flush else min(self.model.config.speech_span, self.speech_left)
+        with self.clock("speech_decode"):
+            rows = self.model.project_hidden_states(self.chunk_rows)
+            if self.conditioning is not None:
+                self.conditioning.append(rows[0])
+            head = self.speaker_slot if self.pending_unit is None else self.speech.embed(self.pending_unit)
+            _, logits = self.speech.feed(torch.cat([head, rows.to(head.device, head.dtype)], dim=1))
+        written = 0
+        while written < budget:
+            with self.clock("speech_decode"):
+                if written > 0:
+                    _, logits = self.speech.feed(self.speech.embed(self.pending_unit))
+                token = _pick(logits, self.speech_history, self.speech_settings, self.generator)
+                token_id = int(token)
+            self.speech_history = torch.cat([self.speech_history, token], dim=-1)
+            self.pending_unit = token
+            self.speech_left -= 1
+            written += 1
+            yield self._speech_event(token_id)
+            if token_id in self.speech_settings.eos_ids:
+                if flush:
+                    self.stats.speech_stop_reason = "eos"
+                break
+        self.stats.chunks.append(ChunkRecord("speech", budget, written))
+        if self.speech_left < 1:
+            self.stats.speech_stop_reason = self.stats.speech_stop_reason or "max_new_tokens"
+
+    # ---- events
+    def _detokenize(self, token_id: int, finished: bool) -> str | None:
+        if self.stats.time_to_first_text is None:
+            self.stats.time_to_first_text = self.clock.elapsed()
+        self.stats.num_text_tokens += 1
+        if self.detok is None:
+            return None
+        with self.clock("detokenize"):
+            text = self.detok.push(token_id)
+            return text + self.detok.flush() if finished else text
+
+    def _speech_event(self, token_id: int) -> SpeechUnits:
+        self.stats.num_speech_tokens += 1
+        units = None
+        if self.unit_range is not None:
+            offset, count = self.unit_range
+            units = [token_id - offset] if 0 <= token_id - offset < count else []
+            self.stats.num_units += len(units)
+        if self.stats.time_to_first_units is None and (units is None or units):
+            self.stats.time_to_first_units = self.clock.elapsed()
+        return SpeechUnits([token_id], units)
+
+    def run(self, input_ids, input_features, feature_attention_mask):
+        """The whole stream: prefill, interleaved text/speech steps, the flush, then [`Done`]."""
+        self.prefill(input_ids, input_features, feature_attention_mask)
+        while not self.text_finished:
+            yield from self.text_chunk()
+            # Fixed quirk 4: with the speech budget spent the decoder stops but the text goes on.
+            if self.speech_left >= 1:
+                yield from self.speech_chunk(flush=self.text_finished)
+        if not self.stats.speech_stop_reason:
+            self.stats.speech_stop_reason = "max_new_tokens"
+        self.stats.stage_seconds = dict(self.clock.seconds)
+        if self.conditioning is not None:
+            self.stats.conditioning = torch.cat(self.conditioning, dim=0) if self.conditioning else None
+        self.stats.total_seconds = self.clock.elapsed()
+        yield Done(self.stats)
+
+
+# ---------------------------------------------------------------------------------------------------------- public
+def _resolve_tokenizers(processor, tokenizer, unit_tokenizer):
+    """LLM tokenizer and `(offset, count)` of the unit tokens from whatever was given (a processor serves both)."""
+    if processor is None and tokenizer is not None and hasattr(tokenizer, "unit_token_offset"):
+        processor, tokenizer = tokenizer, None
+    if processor is not None:
+        tokenizer = tokenizer if tokenizer is not None else processor.tokenizer
+        unit_tokenizer = unit_tokenizer if unit_tokenizer is not None else processor
+    return tokenizer, unit_token_range(unit_tokenizer) if unit_tokenizer is not None else None
+
+
+def _prompt_mask(input_ids: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor | None:
+    """Keep the mask only when it pads something (left padding); a full mask runs like no mask, as the original."""
+    if attention_mask is None or bool(attention_mask.all()):
+        return None
+    if bool(attention_mask[0, -1] == 0):
+        raise ValueError("stream needs left padding: the last prompt position must be a real token")
+    return attention_mask.to(input_ids.device)
+
+
+@torch.no_grad()
+def stream(
+    model,
+    input_ids: torch.LongTensor,
+    input_features: torch.Tensor | None = None,
+    feature_attention_mask: torch.Tensor | None = None,
+    attention_mask: torch.Tensor | None = None,
+    generation_config: GenerationConfig | None = None,
+    speech_generation_config: GenerationConfig | None = None,
+    speaker_embedding: torch.Tensor | np.ndarray | None = None,
+    processor=None,
+    tokenizer=None,
+    unit_tokenizer=None,
+    generator: torch.Generator | None = None,
+    text_logits_processor: LogitsProcessorList | None = None,
+    speech_logits_processor: LogitsProcessorList | None = None,
+    skip_special_tokens: bool = True,
+    output_conditioning: bool = False,
+    **kwargs,
+):
+    r"""
+    Generate the spoken answer to a prompt as a stream of events: [`TextDelta`] per text token, [`SpeechUnits`] per
+    speech decoder token, ([`AudioChunk`] once a vocoder is attached,) and a final [`Done`].
+
+    Args:
+        model ([`OpenS2SForConditionalGeneration`]): the model.
+        input_ids (`torch.LongTensor` of shape `(1, prompt_length)`):
+            The prompt from `processor.apply_chat_template(..., add_generation_prompt=True)`; it should end in
+            `<|im_tts_start|>`, whose hidden state is the decoder's first row. Batch size 1 only.
+        input_features (`torch.FloatTensor` of shape `(num_audios, num_mel_bins, 3000 * k)`, *optional*):
+            Log-mel features of the prompt's audios.
+        feature_attention_mask (`torch.LongTensor` of shape `(num_audios, 3000 * k)`, *optional*): valid mel frames.
+        attention_mask (`torch.LongTensor` of shape `(1, prompt_length)`, *optional*): 0 on left padding.
+        generation_config ([`GenerationConfig`], *optional*):
+            The LLM's: `max_new_tokens` (text budget, 512 when unset), `eos_token_id` (int or list), `do_sample`,
+            `temperature`, `top_k`, `top_p`, `min_p`, `repetition_penalty`, `suppress_tokens`. Defaults to
+            `model.generation_config`.
+        speech_generation_config ([`GenerationConfig`], *optional*):
+            The speech decoder's, same fields (`max_new_tokens` = speech budget). Defaults to
+            `model.speech_generation_config`, else the model folder's `speech_generation_config.json`.
+        speaker_embedding (`torch.FloatTensor` of shape `(speaker_embedding_dim,)`, *optional*):
+            Voice of the answer, projected into the decoder's first position; `None` means zeros (what the original
+            always used).
+        processor ([`OpenS2SProcessor`], *optional*): gives the tokenizer (for `TextDelta.text`) and the unit
+            vocabulary (for `SpeechUnits.units`). `tokenizer` / `unit_tokenizer` override either part.
+        generator (`torch.Generator`, *optional*): random source for sampling, on the model's device.
+        text_logits_processor / speech_logits_processor ([`LogitsProcessorList`], *optional*):
+            Extra processors, applied after those built from the generation configs and before the sampling warpers.
+        skip_special_tokens (`bool`, *optional*, defaults to `True`): leave special tokens out of `TextDelta.text`.
+        output_conditioning (`bool`, *optional*, defaults to `False`): put the decoder's conditioning rows in
+            `Done.stats.conditioning`.
+
+    Repetition penalties look at the ids this stream generated (per LM), not at the prompt.
+
+    Yields:
+        [`TextDelta`], [`SpeechUnits`], [`AudioChunk`] and, last, [`Done`].
+    """
+    if kwargs:
+        unknown = sorted(kwargs)
+        raise TypeError(f"stream got unexpected arguments {unknown}")
+    if input_ids.dim() == 1:
+        input_ids = input_ids[None]
+    if input_ids.shape[0] != 1:
+        raise ValueError(
+            f"stream generates one conversation at a time: batch size must be 1, got {input_ids.shape[0]}"
+        )
+    device = model.device
+    input_ids = input_ids.to(device)
+    if input_features is not None:
+        input_features = input_features.to(device)
+        feature_attention_mask = feature_attention_mask.to(device) if feature_attention_mask is not None else None
+    generation_config = generation_config if generation_config is not None else model.generation_config
+    if speech_generation_config is None:
+        speech_generation_config = _speech_generation_config(model)
+    text_settings = _decode_settings(
+        generation_config, model.config.text_config.eos_token_id, text_logits_processor, device
+    )
+    speech_settings = _decode_settings(
+        speech_generation_config, model.config.speech_decoder_config.eos_token_id, speech_logits_processor, device
+    )
+    if text_settings.budget < 1:
+        raise ValueError(
+            f"the text budget (generation_config.max_new_tokens) must be >= 1, got {text_settings.budget}"
+        )
+    if speaker_embedding is not None:
+        speaker_embedding = torch.as_tensor(speaker_embedding)
+        if speaker_embedding.numel() != model.config.speaker_embedding_dim:
+            raise ValueError(
+                f"speaker_embedding must hold one vector of {model.config.speaker_embedding_dim} values, "
+                f"got shape {tuple(speaker_embedding.shape)}"
+            )
+    tokenizer, unit_range = _resolve_tokenizers(processor, tokenizer, unit_tokenizer)
+    detok = IncrementalDetokenizer(tokenizer, skip_special_tokens) if tokenizer is not None else None
+    engine = _Interleaver(
+        model,
+        text_settings,
+        speech_settings,
+        speaker_slot=model.speaker_slot(speaker_embedding)[:, None],  # fixed quirk 1: the voice is honoured
+        prompt_mask=_prompt_mask(input_ids, attention_mask),
+        unit_range=unit_range,
+        detok=detok,
+        generator=generator,
+        output_conditioning=output_conditioning,
+    )
+    yield from engine.run(input_ids, input_features, feature_attention_mask)
