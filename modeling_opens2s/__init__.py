@@ -11,6 +11,7 @@ _import_structure = {
     "feature_extraction_opens2s": ["OpenS2SFeatureExtractor"],
     "processing_opens2s": ["OpenS2SProcessor"],
     "convert_original_opens2s": ["convert_original_checkpoint", "export_remote_code"],
+    "streaming_opens2s": ["AudioChunk", "Done", "SpeechUnits", "TextDelta", "stream"],
 }
 
 if TYPE_CHECKING:
@@ -19,6 +20,7 @@ if TYPE_CHECKING:
     from .feature_extraction_opens2s import OpenS2SFeatureExtractor
     from .modeling_opens2s import OpenS2SForConditionalGeneration, OpenS2SOutput, OpenS2SPreTrainedModel
     from .processing_opens2s import OpenS2SProcessor
+    from .streaming_opens2s import AudioChunk, Done, SpeechUnits, TextDelta, stream
 else:
     import sys
 

@@ -20,4 +20,16 @@ def load_manifest(folder: Path) -> dict:
     return json.loads((folder / "manifest.json").read_text())
 
 
+def collapse_audio(ids: list[int], audio_token_id: int, placeholder: int = -200) -> list[int]:
+    """Our expanded audio runs -> the original's single -200 placeholder per audio."""
+    collapsed = []
+    for token in ids:
+        if token == audio_token_id:
+            if collapsed and collapsed[-1] == placeholder:
+                continue
+            token = placeholder
+        collapsed.append(token)
+    return collapsed
+
+
 requires_reference = pytest.mark.skipif(not reference_sets(), reason=f"no reference_* fixture sets in {FIXTURES_DIR}")

@@ -12,7 +12,7 @@ from transformers import AutoModel, AutoProcessor
 from opens2s.modeling_opens2s.convert_original_opens2s import convert_original_checkpoint
 from opens2s.training import OpenS2SDataCollator, load_original_jsonl
 
-from fixture_sets import load_manifest, reference_sets, requires_reference
+from fixture_sets import collapse_audio, load_manifest, reference_sets, requires_reference
 
 
 pytestmark = requires_reference
@@ -40,18 +40,6 @@ def reference(request, tmp_path_factory):
         "output": output,
         "ref": load_file(folder / "reference_outputs.safetensors"),
     }
-
-
-def collapse_audio(ids: list[int], audio_token_id: int, placeholder: int = -200) -> list[int]:
-    """Our expanded audio runs -> the original's single -200 placeholder per audio."""
-    collapsed = []
-    for token in ids:
-        if token == audio_token_id:
-            if collapsed and collapsed[-1] == placeholder:
-                continue
-            token = placeholder
-        collapsed.append(token)
-    return collapsed
 
 
 def test_batch_matches_original_collator(reference):

@@ -9,7 +9,7 @@ import importlib
 
 import pytest
 import torch
-from fixture_sets import FIXTURES_DIR, load_manifest, reference_sets
+from fixture_sets import FIXTURES_DIR, collapse_audio, load_manifest, reference_sets
 from opens2s.modeling_opens2s.convert_original_opens2s import (
     SPEECH_GENERATION_CONFIG_NAME,
     convert_original_checkpoint,
@@ -130,18 +130,6 @@ def run_stream(entry: dict, text_config, speech_config, inputs=None, **kwargs) -
         "units": [u for event in events if isinstance(event, SpeechUnits) for u in event.units],
         "stats": events[-1].stats,
     }
-
-
-def collapse_audio(ids: list[int], audio_token_id: int, placeholder: int = -200) -> list[int]:
-    """Our expanded audio runs -> the original's single -200 placeholder per audio."""
-    collapsed = []
-    for token in ids:
-        if token == audio_token_id:
-            if collapsed and collapsed[-1] == placeholder:
-                continue
-            token = placeholder
-        collapsed.append(token)
-    return collapsed
 
 
 def scenario_configs(entry: dict, name: str):
