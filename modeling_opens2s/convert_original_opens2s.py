@@ -19,13 +19,13 @@ from transformers import AutoTokenizer, GenerationConfig
 from .configuration_opens2s import OpenS2SConfig, parse_interleave_strategy
 from .feature_extraction_opens2s import OpenS2SFeatureExtractor
 from .processing_opens2s import OpenS2SProcessor
+from .streaming_opens2s import SPEECH_GENERATION_CONFIG_NAME
 
 
 __all__ = ["convert_original_checkpoint", "export_remote_code", "REMOTE_CODE_FILES", "SPEECH_GENERATION_CONFIG_NAME"]
 
 logger = logging.getLogger(__name__)
 
-SPEECH_GENERATION_CONFIG_NAME = "speech_generation_config.json"
 AUDIO_TOKEN = "<|im_audio|>"
 MARKER_TOKENS = ["<|im_audio_start|>", "<|im_audio_end|>", "<|im_tts_start|>", "<|im_tts_end|>"]
 REMOTE_CODE_FILES = [

@@ -9,7 +9,7 @@ from transformers.processing_utils import ProcessorMixin
 from .audio_lengths_opens2s import audio_embedding_lengths
 
 
-__all__ = ["OpenS2SProcessor", "DEFAULT_CHAT_TEMPLATE"]
+__all__ = ["OpenS2SProcessor", "DEFAULT_CHAT_TEMPLATE", "find_unit_tokens"]
 
 # The prompt of the original OpenS2S worker: a default system turn, audio as
 # <|im_audio_start|><|im_audio|><|im_audio_end|>, Qwen3's empty think block, and <|im_tts_start|> when the answer
@@ -34,6 +34,18 @@ DEFAULT_CHAT_TEMPLATE = (
 )
 
 _UNIT_TOKEN = re.compile(r"^<\|audio_(\d+)\|>$")
+
+
+def find_unit_tokens(unit_tokenizer) -> tuple[int, int]:
+    """Id of `<|audio_0|>` and the number of units in a speech decoder tokenizer; the unit ids must be contiguous."""
+    vocab = unit_tokenizer.get_vocab()
+    units = {int(m.group(1)): token_id for token, token_id in vocab.items() if (m := _UNIT_TOKEN.match(token))}
+    if not units:
+        raise ValueError("the unit tokenizer has no <|audio_k|> tokens")
+    offset = units.get(0)
+    if offset is None or any(units.get(k) != offset + k for k in range(len(units))):
+        raise ValueError("the unit tokenizer's <|audio_k|> tokens must have contiguous ids starting at <|audio_0|>")
+    return offset, len(units)
 
 
 class OpenS2SProcessor(ProcessorMixin):
@@ -66,19 +78,7 @@ class OpenS2SProcessor(ProcessorMixin):
         super().__init__(
             feature_extractor, tokenizer, unit_tokenizer, chat_template=chat_template or DEFAULT_CHAT_TEMPLATE
         )
-        self._unit_offset, self._num_units = self._find_unit_tokens(unit_tokenizer)
-
-    @staticmethod
-    def _find_unit_tokens(unit_tokenizer) -> tuple[int, int]:
-        """Id of `<|audio_0|>` and the number of units; the unit ids must be contiguous."""
-        vocab = unit_tokenizer.get_vocab()
-        units = {int(m.group(1)): token_id for token, token_id in vocab.items() if (m := _UNIT_TOKEN.match(token))}
-        if not units:
-            raise ValueError("the unit tokenizer has no <|audio_k|> tokens")
-        offset = units.get(0)
-        if offset is None or any(units.get(k) != offset + k for k in range(len(units))):
-            raise ValueError("the unit tokenizer's <|audio_k|> tokens must have contiguous ids starting at <|audio_0|>")
-        return offset, len(units)
+        self._unit_offset, self._num_units = find_unit_tokens(unit_tokenizer)
 
     @property
     def num_units(self) -> int:

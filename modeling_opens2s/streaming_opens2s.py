@@ -19,7 +19,6 @@ simply stops while the LLM goes on). Events are delivered per token, as soon as 
 """
 
 import logging
-import re
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -38,6 +37,9 @@ from transformers.generation.logits_process import (
     TopPLogitsWarper,
 )
 
+from .processing_opens2s import find_unit_tokens
+
+
 __all__ = [
     "AudioChunk",
     "ChunkRecord",
@@ -55,7 +57,6 @@ logger = logging.getLogger(__name__)
 # Budget used when a generation config leaves `max_new_tokens` unset (the original's fallback for both LMs).
 DEFAULT_MAX_NEW_TOKENS = 512
 SPEECH_GENERATION_CONFIG_NAME = "speech_generation_config.json"
-_UNIT_TOKEN = re.compile(r"^<\|audio_(\d+)\|>$")
 # Generation-config fields this loop does not implement; a value other than the default only logs a warning.
 _UNSUPPORTED_FIELDS = ("no_repeat_ngram_size", "bad_words_ids", "min_new_tokens", "sequence_bias", "typical_p")
 
@@ -163,14 +164,7 @@ def unit_token_range(source) -> tuple[int, int]:
     """
     if hasattr(source, "unit_token_offset") and hasattr(source, "num_units"):
         return int(source.unit_token_offset), int(source.num_units)
-    units = {}
-    for token, token_id in source.get_vocab().items():
-        if match := _UNIT_TOKEN.match(token):
-            units[int(match.group(1))] = token_id
-    offset = units.get(0)
-    if offset is None or any(units.get(k) != offset + k for k in range(len(units))):
-        raise ValueError("the unit tokenizer needs <|audio_k|> tokens with contiguous ids starting at <|audio_0|>")
-    return offset, len(units)
+    return find_unit_tokens(source)
 
 
 class IncrementalDetokenizer:
