@@ -22,7 +22,13 @@ from .processing_opens2s import OpenS2SProcessor
 from .streaming_opens2s import SPEECH_GENERATION_CONFIG_NAME
 
 
-__all__ = ["convert_original_checkpoint", "export_remote_code", "REMOTE_CODE_FILES", "SPEECH_GENERATION_CONFIG_NAME"]
+__all__ = [
+    "REMOTE_CODE_FILES",
+    "SPEECH_GENERATION_CONFIG_NAME",
+    "TOKEN2WAV_REMOTE_CODE_FILES",
+    "convert_original_checkpoint",
+    "export_remote_code",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -36,6 +42,16 @@ REMOTE_CODE_FILES = [
     "feature_extraction_opens2s.py",
     "processing_opens2s.py",
     "streaming_opens2s.py",
+]
+# The token2wav decoder's files: a standalone token2wav folder holds these; an OpenS2S folder holds both lists
+# (`modeling_opens2s.py` imports the decoder lazily, but transformers copies every relative import).
+TOKEN2WAV_REMOTE_CODE_FILES = [
+    "configuration_token2wav.py",
+    "modeling_token2wav.py",
+    "streaming_token2wav.py",
+    "modeling_flow_encoder.py",
+    "modeling_flow_matching.py",
+    "modeling_hift.py",
 ]
 # Original key prefix -> ours (checked in order; the first match wins).
 KEY_PREFIXES = [
@@ -226,7 +242,7 @@ def _unit_tokenizer(src: Path, config: OpenS2SConfig, unit_tokenizer_base: str |
 def export_remote_code(dst: str | Path) -> None:
     """Copy the flat remote-code modules next to a saved model so `trust_remote_code=True` loads it anywhere."""
     here = Path(__file__).parent
-    for name in REMOTE_CODE_FILES:
+    for name in REMOTE_CODE_FILES + TOKEN2WAV_REMOTE_CODE_FILES:
         shutil.copyfile(here / name, Path(dst) / name)
 
 

@@ -5,6 +5,7 @@ into the LLM input at the audio placeholders -> Qwen3 LLM -> text; the LLM's las
 normalised, condition a second Qwen3 LM (the speech decoder) that writes speech units in an interleaved M:N layout.
 """
 
+import copy
 from dataclasses import dataclass
 
 import torch
@@ -16,10 +17,20 @@ from transformers.utils import ModelOutput, logging
 from .audio_lengths_opens2s import adapter_output_lengths, encoder_output_lengths
 from .configuration_opens2s import OpenS2SConfig
 from .interleave_opens2s import IGNORE_INDEX, build_interleaved_rows, find_speech_spans
+from .streaming_opens2s import speech_generation_config_of
 from .streaming_opens2s import stream as stream_events
 
 
-__all__ = ["OpenS2SAudioAdapter", "OpenS2SForConditionalGeneration", "OpenS2SOutput", "OpenS2SPreTrainedModel"]
+__all__ = [
+    "OpenS2SAudioAdapter",
+    "OpenS2SForConditionalGeneration",
+    "OpenS2SGenerateOutput",
+    "OpenS2SOutput",
+    "OpenS2SPreTrainedModel",
+]
+
+# Subfolder of a converted OpenS2S folder (or Hub repo) that holds the token2wav decoder.
+TOKEN2WAV_SUBFOLDER = "token2wav"
 
 logger = logging.get_logger(__name__)
 
@@ -97,6 +108,30 @@ class OpenS2SAudioAdapter(nn.Module):
         hidden = hidden.transpose(1, 2)
         hidden = hidden + self.fc2(self.activation(self.fc1(hidden)))
         return self.ln(hidden), adapter_output_lengths(encoder_lengths, len(self.conv_layers))
+
+
+@dataclass
+class OpenS2SGenerateOutput(ModelOutput):
+    r"""
+    Output of [`OpenS2SForConditionalGeneration.generate`] (with `return_speech=True`).
+
+    sequences (`torch.LongTensor` of shape `(1, prompt_length + num_text_tokens)`):
+        The prompt followed by the generated text ids (a text EOS included, as `GenerationMixin.generate`).
+    unit_sequences (`torch.LongTensor` of shape `(1, num_units)`):
+        The speech units `0..K-1` of the answer (speech EOS and non-unit decoder ids left out).
+    audio_values (`torch.FloatTensor` of shape `(1, num_samples)`, *optional*):
+        The spoken answer at `sampling_rate`, when a token2wav decoder is attached or passed.
+    sampling_rate (`int`, *optional*):
+        Sample rate of `audio_values` in Hz.
+    stats (`StreamStats`):
+        Counts, stop reasons and timings of the underlying stream.
+    """
+
+    sequences: torch.LongTensor | None = None
+    unit_sequences: torch.LongTensor | None = None
+    audio_values: torch.FloatTensor | None = None
+    sampling_rate: int | None = None
+    stats: object | None = None
 
 
 class OpenS2SPreTrainedModel(PreTrainedModel):
@@ -382,9 +417,85 @@ class OpenS2SForConditionalGeneration(OpenS2SPreTrainedModel, GenerationMixin):
         )
 
     def stream(self, **kwargs):
-        """Generate text and speech units together as an iterator of events (`TextDelta`, `SpeechUnits`, `Done`);
-        see `streaming_opens2s.stream` for the arguments, e.g. `model.stream(**inputs, processor=processor)`."""
+        """Generate text, speech units and (with a token2wav decoder) audio together as an iterator of events
+        (`TextDelta`, `SpeechUnits`, `AudioChunk`, `Done`); see `streaming_opens2s.stream` for the arguments, e.g.
+        `model.stream(**inputs, processor=processor)`."""
         return stream_events(self, **kwargs)
+
+    # ---------------------------------------------------------------- speech output
+    @property
+    def token2wav(self) -> "OpenS2SToken2Wav | None":
+        """The attached unit-to-speech decoder (see [`attach_token2wav`]), or `None`."""
+        return self.__dict__.get("_token2wav")
+
+    def attach_token2wav(
+        self, token2wav: "OpenS2SToken2Wav | str | None" = None, **from_pretrained_kwargs
+    ) -> "OpenS2SToken2Wav":
+        """Attach the token2wav decoder that `stream` and `generate` use to speak.
+
+        Args:
+            token2wav ([`OpenS2SToken2Wav`] or `str`, *optional*):
+                A loaded decoder, or a folder / Hub id of one. By default the `token2wav/` subfolder of the folder or
+                Hub repo this model was loaded from.
+            from_pretrained_kwargs: passed to `OpenS2SToken2Wav.from_pretrained` (e.g. `dtype`).
+
+        The decoder is moved to this model's device. It is kept outside this model's modules (it is not part of its
+        state dict or `save_pretrained`, and `model.to()` does not move it).
+        """
+        # Imported here: the speech-to-text path needs none of the token2wav code.
+        from .modeling_token2wav import OpenS2SToken2Wav
+
+        if not isinstance(token2wav, OpenS2SToken2Wav):
+            if token2wav is None:
+                source, from_pretrained_kwargs = self.name_or_path, {"subfolder": TOKEN2WAV_SUBFOLDER} | from_pretrained_kwargs
+            else:
+                source = token2wav
+            token2wav = OpenS2SToken2Wav.from_pretrained(source, **from_pretrained_kwargs)
+        token2wav = token2wav.to(self.device).eval()
+        self.__dict__["_token2wav"] = token2wav
+        return token2wav
+
+    def generate(self, input_ids: torch.LongTensor | None = None, return_speech: bool = True, **kwargs):
+        """Generate the whole answer.
+
+        With `return_speech=True` (the default) this runs [`stream`] to the end and returns an
+        [`OpenS2SGenerateOutput`] (text ids, unit ids, and audio when a token2wav decoder is attached); `kwargs` are
+        `stream`'s (`processor`, `generation_config`, `speech_generation_config`, `speaker_embedding`, ...), and
+        `max_new_tokens` / `speech_max_new_tokens` override the text / speech budgets. Batch size 1.
+
+        With `return_speech=False` it is `GenerationMixin.generate` (text only, batched, returns token ids).
+        """
+        if not return_speech:
+            return super().generate(input_ids, **kwargs)
+        text_budget, speech_budget = kwargs.pop("max_new_tokens", None), kwargs.pop("speech_max_new_tokens", None)
+        if text_budget is not None:
+            config = copy.deepcopy(kwargs.get("generation_config") or self.generation_config)
+            config.max_new_tokens = text_budget
+            kwargs["generation_config"] = config
+        if speech_budget is not None:
+            config = copy.deepcopy(kwargs.get("speech_generation_config") or speech_generation_config_of(self))
+            config.max_new_tokens = speech_budget
+            kwargs["speech_generation_config"] = config
+        text_ids, unit_ids, audio, done = [], [], [], None
+        for event in stream_events(self, input_ids=input_ids, **kwargs):
+            if event.kind == "text":
+                text_ids += event.token_ids
+            elif event.kind == "units":
+                unit_ids += event.units or []
+            elif event.kind == "audio":
+                audio.append(torch.from_numpy(event.pcm))
+            else:
+                done = event
+        prompt = input_ids if input_ids.dim() == 2 else input_ids[None]
+        new_ids = torch.tensor([text_ids], dtype=prompt.dtype, device=prompt.device)
+        has_audio = done.stats.time_to_first_audio is not None or bool(audio)
+        return OpenS2SGenerateOutput(
+            sequences=torch.cat([prompt, new_ids], dim=-1),
+            unit_sequences=torch.tensor([unit_ids], dtype=torch.long),
+            audio_values=torch.cat(audio)[None] if has_audio else None,
+            sampling_rate=(kwargs.get("token2wav") or self.token2wav).sampling_rate if has_audio else None,
+            stats=done.stats,
+        )
 
 
 OpenS2SForConditionalGeneration.register_for_auto_class("AutoModel")

@@ -16,12 +16,20 @@ The schedule is the original `OmniSpeechModel.generate(units_gen=True)` (CASIA-L
 Two behaviours of the original are fixed: the speaker embedding is honoured (the original always used zeros, which
 `speaker_embedding=None` still gives), and exhausting the speech budget no longer cuts the text short (the decoder
 simply stops while the LLM goes on). Events are delivered per token, as soon as each token exists.
+
+With a token2wav decoder (`token2wav=`, or one attached with `model.attach_token2wav()`), every unit is pushed into
+a token2wav stream as it is generated and [`AudioChunk`] events carry the audio as soon as a chunk is final.
+
+Every event has a `kind` (`"text"`, `"units"`, `"audio"`, `"done"`): with `trust_remote_code=True` the event classes
+come from the model folder's copy of this module, so `isinstance` against `opens2s`'s classes is False; match on
+`event.kind` instead.
 """
 
 import logging
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -49,6 +57,7 @@ __all__ = [
     "StreamStats",
     "TextDelta",
     "stream",
+    "speech_generation_config_of",
     "unit_token_range",
 ]
 
@@ -73,6 +82,7 @@ class TextDelta:
             arrives whole with a later delta) or for skipped special tokens; `None` when no tokenizer was given.
     """
 
+    kind: ClassVar[str] = "text"
     token_ids: list[int]
     text: str | None
 
@@ -88,16 +98,18 @@ class SpeechUnits:
             vocoder consumes; a speech EOS is never a unit. `None` when no unit tokenizer / processor was given.
     """
 
+    kind: ClassVar[str] = "units"
     token_ids: list[int]
     units: list[int] | None
 
 
 @dataclass
 class AudioChunk:
-    """Synthesised speech, `pcm` of shape `(num_samples,)` in [-1, 1] at `sample_rate` Hz (emitted once a vocoder
-    is attached to the stream)."""
+    """Synthesised speech: `pcm` of shape `(num_samples,)`, float32 in [-1, 1] at `sample_rate` Hz (22.05 kHz for
+    the released decoder), on the CPU. Consecutive chunks play back to back."""
 
-    pcm: np.ndarray | torch.Tensor
+    kind: ClassVar[str] = "audio"
+    pcm: np.ndarray
     sample_rate: int
 
 
@@ -123,8 +135,9 @@ class StreamStats:
         time_to_first_units (`float` or `None`): when the first [`SpeechUnits`] holding a unit was yielded (any
             decoder token when the unit vocabulary is unknown).
         time_to_first_audio (`float` or `None`): when the first [`AudioChunk`] was yielded (`None` without vocoder).
+        audio_seconds (`float`): duration of all [`AudioChunk`]s.
         stage_seconds (`dict[str, float]`): time spent in `audio_encoder`, `text_prefill`, `text_decode`,
-            `speech_decode` and `detokenize` (the consumer's time between events is not counted).
+            `speech_decode`, `detokenize` and `token2wav` (the consumer's time between events is not counted).
         total_seconds (`float`): from the start of the stream to the [`Done`] event.
         text_stop_reason (`str`): `"eos"` or `"max_new_tokens"`.
         speech_stop_reason (`str`): `"eos"` (the flush met a speech EOS) or `"max_new_tokens"` (budget spent).
@@ -139,6 +152,7 @@ class StreamStats:
     time_to_first_text: float | None = None
     time_to_first_units: float | None = None
     time_to_first_audio: float | None = None
+    audio_seconds: float = 0.0
     stage_seconds: dict[str, float] = field(default_factory=dict)
     total_seconds: float = 0.0
     text_stop_reason: str = ""
@@ -151,6 +165,7 @@ class StreamStats:
 class Done:
     """The last event of every stream."""
 
+    kind: ClassVar[str] = "done"
     stats: StreamStats
 
 
@@ -293,7 +308,7 @@ def _pick(logits: torch.Tensor, history: torch.Tensor, settings: _DecodeSettings
     return scores.argmax(dim=-1, keepdim=True)
 
 
-def _speech_generation_config(model) -> GenerationConfig:
+def speech_generation_config_of(model) -> GenerationConfig:
     """`model.speech_generation_config` if set, else the folder's `speech_generation_config.json` (then cached on
     the model next to `model.generation_config`), else only the decoder's EOS."""
     config = getattr(model, "speech_generation_config", None)
@@ -368,8 +383,11 @@ class _Interleaver:
         detok: IncrementalDetokenizer | None,
         generator: torch.Generator | None,
         output_conditioning: bool,
+        audio_stream=None,
+        sample_rate: int | None = None,
     ):
         self.model = model
+        self.audio_stream, self.sample_rate = audio_stream, sample_rate  # a token2wav session, or None
         self.text = _CachedLM(model.language_model, prompt_mask)
         self.speech = _CachedLM(model.speech_decoder)
         self.text_settings, self.speech_settings = text_settings, speech_settings
@@ -442,7 +460,10 @@ class _Interleaver:
             self.pending_unit = token
             self.speech_left -= 1
             written += 1
-            yield self._speech_event(token_id)
+            event = self._speech_event(token_id)
+            yield event
+            if self.audio_stream is not None and event.units:
+                yield from self._audio(self._push_units(event.units))
             if token_id in self.speech_settings.eos_ids:
                 if flush:
                     self.stats.speech_stop_reason = "eos"
@@ -473,6 +494,20 @@ class _Interleaver:
             self.stats.time_to_first_units = self.clock.elapsed()
         return SpeechUnits([token_id], units)
 
+    def _audio(self, waveform: torch.Tensor):
+        """An [`AudioChunk`] for a non-empty waveform `(1, samples)` from the token2wav session."""
+        if waveform.shape[-1] == 0:
+            return
+        if self.stats.time_to_first_audio is None:
+            self.stats.time_to_first_audio = self.clock.elapsed()
+        pcm = waveform[0].float().cpu().numpy()
+        self.stats.audio_seconds += pcm.shape[0] / self.sample_rate
+        yield AudioChunk(pcm, self.sample_rate)
+
+    def _push_units(self, units: list[int]) -> torch.Tensor:
+        with self.clock("token2wav"):
+            return self.audio_stream.push(units)
+
     def run(self, input_ids, input_features, feature_attention_mask):
         """The whole stream: prefill, interleaved text/speech steps, the flush, then [`Done`]."""
         self.prefill(input_ids, input_features, feature_attention_mask)
@@ -483,6 +518,10 @@ class _Interleaver:
                 yield from self.speech_chunk(flush=self.text_finished)
         if not self.stats.speech_stop_reason:
             self.stats.speech_stop_reason = "max_new_tokens"
+        if self.audio_stream is not None:
+            with self.clock("token2wav"):
+                waveform = self.audio_stream.finish()
+            yield from self._audio(waveform)
         self.stats.stage_seconds = dict(self.clock.seconds)
         if self.conditioning is not None:
             self.stats.conditioning = torch.cat(self.conditioning, dim=0) if self.conditioning else None
@@ -528,6 +567,10 @@ def stream(
     speech_logits_processor: LogitsProcessorList | None = None,
     skip_special_tokens: bool = True,
     output_conditioning: bool = False,
+    token2wav=None,
+    token2wav_mode: str = "blocks",
+    token2wav_speaker_embedding: torch.Tensor | None = None,
+    token2wav_generator: torch.Generator | None = None,
     **kwargs,
 ):
     r"""
@@ -561,6 +604,14 @@ def stream(
         skip_special_tokens (`bool`, *optional*, defaults to `True`): leave special tokens out of `TextDelta.text`.
         output_conditioning (`bool`, *optional*, defaults to `False`): put the decoder's conditioning rows in
             `Done.stats.conditioning`.
+        token2wav ([`OpenS2SToken2Wav`] or `False`, *optional*):
+            The unit-to-speech decoder that turns units into [`AudioChunk`]s; defaults to the one attached with
+            `model.attach_token2wav()`. `False` (or none attached) streams units only. Needs the unit vocabulary
+            (`processor` or `unit_tokenizer`).
+        token2wav_mode (`str`, *optional*, defaults to `"blocks"`): its streaming schedule (see
+            `OpenS2SToken2Wav.start_stream`); `"original"` reproduces OpenS2S's 24-unit loop.
+        token2wav_speaker_embedding (`torch.FloatTensor` of shape `(1, 192)`, *optional*): its x-vector voice.
+        token2wav_generator (`torch.Generator`, *optional*): its random source (`"blocks"` mode).
 
     Repetition penalties look at the ids this stream generated (per LM), not at the prompt.
 
@@ -583,7 +634,7 @@ def stream(
         feature_attention_mask = feature_attention_mask.to(device) if feature_attention_mask is not None else None
     generation_config = generation_config if generation_config is not None else model.generation_config
     if speech_generation_config is None:
-        speech_generation_config = _speech_generation_config(model)
+        speech_generation_config = speech_generation_config_of(model)
     text_settings = _decode_settings(
         generation_config, model.config.text_config.eos_token_id, text_logits_processor, device
     )
@@ -602,6 +653,15 @@ def stream(
                 f"got shape {tuple(speaker_embedding.shape)}"
             )
     tokenizer, unit_range = _resolve_tokenizers(processor, tokenizer, unit_tokenizer)
+    if token2wav is None:
+        token2wav = getattr(model, "token2wav", None)
+    audio_stream = None
+    if token2wav:
+        if unit_range is None:
+            raise ValueError("streaming audio needs the unit vocabulary: pass processor= (or unit_tokenizer=)")
+        audio_stream = token2wav.start_stream(
+            mode=token2wav_mode, speaker_embedding=token2wav_speaker_embedding, generator=token2wav_generator
+        )
     detok = IncrementalDetokenizer(tokenizer, skip_special_tokens) if tokenizer is not None else None
     engine = _Interleaver(
         model,
@@ -613,5 +673,7 @@ def stream(
         detok=detok,
         generator=generator,
         output_conditioning=output_conditioning,
+        audio_stream=audio_stream,
+        sample_rate=token2wav.sampling_rate if token2wav else None,
     )
     yield from engine.run(input_ids, input_features, feature_attention_mask)

@@ -1,5 +1,6 @@
 """The `opens2s` command line (also `python -m opens2s`).
 
+    opens2s chat [--audio WAV] [--out reply.wav] [--model ID_OR_FOLDER] [--device cuda] [--dtype bfloat16]
     opens2s convert SRC DST [--max-shard-size 5GB] [--unit-tokenizer-base ID] [--num-units 16384]
     opens2s tiny [DST] [--seed 0]
 
@@ -97,7 +98,90 @@ def _run_tiny(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_chat_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--audio", type=Path, help="the spoken question (any rate/channels; default: the bundled example.wav)"
+    )
+    parser.add_argument("--out", type=Path, default=Path("reply.wav"), help="reply wav to write (default: reply.wav)")
+    parser.add_argument(
+        "--model", help="converted OpenS2S folder or Hub id (default: the tiny random model, built on first use)"
+    )
+    parser.add_argument("--token2wav", help="token2wav folder or Hub id (default: MODEL/token2wav when present)")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, mps ... (default: cpu)")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    parser.add_argument("--max-new-tokens", type=int, help="text budget (default: the model's generation config)")
+    parser.add_argument("--max-units", type=int, help="speech unit budget (default: the speech generation config)")
+    parser.add_argument("--mode", default="blocks", choices=["blocks", "original"], help="token2wav schedule")
+    parser.add_argument("--seed", type=int, default=0, help="seed of sampling and of the voice's noise (default 0)")
+
+
+def _budget(config, budget: int | None):
+    if budget is None:
+        return config
+    from copy import deepcopy
+
+    config = deepcopy(config)
+    config.max_new_tokens = budget
+    return config
+
+
+def _run_chat(args: argparse.Namespace) -> int:
+    import numpy as np
+    import soundfile
+
+    from .chat import load_speech_model, stream_reply
+    from .tiny import EXAMPLE_WAV
+
+    speech_model = load_speech_model(args.model, device=args.device, dtype=args.dtype, token2wav=args.token2wav)
+    model = speech_model.model
+    if speech_model.is_tiny:
+        print("Note: running the tiny RANDOM default model: the reply is noise. Use --model for a real checkpoint.")
+    from .modeling_opens2s.streaming_opens2s import speech_generation_config_of
+
+    events = stream_reply(
+        speech_model,
+        args.audio or EXAMPLE_WAV,
+        seed=args.seed,
+        generation_config=_budget(model.generation_config, args.max_new_tokens),
+        speech_generation_config=_budget(speech_generation_config_of(model), args.max_units),
+        token2wav_mode=args.mode,
+    )
+    audio, stats, sample_rate = [], None, None
+    print("Reply: ", end="", flush=True)
+    for event in events:
+        if event.kind == "text":
+            print(event.text, end="", flush=True)
+        elif event.kind == "audio":
+            audio.append(event.pcm)
+            sample_rate = event.sample_rate
+        elif event.kind == "done":
+            stats = event.stats
+    print()
+    print(f"text tokens: {stats.num_text_tokens}, speech units: {stats.num_units}")
+    print(f"first text: {_seconds(stats.time_to_first_text)}, first units: {_seconds(stats.time_to_first_units)}")
+    if audio:
+        waveform = np.concatenate(audio)
+        soundfile.write(args.out, waveform, sample_rate)
+        print(f"first audio: {_seconds(stats.time_to_first_audio)}")
+        print(
+            f"reply audio: {stats.audio_seconds:.2f} s -> {args.out}; compute {stats.total_seconds:.2f} s; "
+            f"real-time factor {stats.total_seconds / stats.audio_seconds:.3f}"
+        )
+    else:
+        print("no audio: the model has no token2wav decoder (pass --token2wav)")
+    return 0
+
+
+def _seconds(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f} s"
+
+
 COMMANDS: dict[str, Command] = {
+    "chat": Command(
+        "one spoken turn: stream the text reply, write the spoken reply, print latency and real-time factor",
+        _add_chat_arguments,
+        _run_chat,
+    ),
     "convert": Command(
         "convert an original OpenS2S checkpoint into a transformers remote-code folder",
         _add_convert_arguments,

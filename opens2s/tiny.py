@@ -1,9 +1,10 @@
 """A tiny, randomly initialised OpenS2S folder built in code: the default model of tests, demos and the CLI.
 
-It has the real architecture and file layout (remote code, processor, both tokenizers, both generation configs)
-with toy sizes: a 2-layer Qwen2-Audio encoder, a 2-layer Qwen3 LLM over a ~400-token byte-level BPE, and a 2-layer
-Qwen3 speech decoder over 64 speech units. It speaks nonsense, but every code path runs on CPU in seconds, and the
-build is deterministic for a given seed. Nothing is downloaded.
+It has the real architecture and file layout (remote code, processor, both tokenizers, both generation configs,
+the token2wav decoder in `token2wav/`) with toy sizes: a 2-layer Qwen2-Audio encoder, a 2-layer Qwen3 LLM over a
+~400-token byte-level BPE, a 2-layer Qwen3 speech decoder over 64 speech units, and a narrow flow + HiFT decoder.
+It speaks nonsense, but every code path runs on CPU in seconds, and the build is deterministic for a given seed.
+Nothing is downloaded.
 """
 
 import os
@@ -17,7 +18,12 @@ from transformers import GenerationConfig, PreTrainedTokenizerFast
 from transformers.utils import logging
 
 from .modeling_opens2s.configuration_opens2s import OpenS2SConfig
-from .modeling_opens2s.convert_original_opens2s import SPEECH_GENERATION_CONFIG_NAME, export_remote_code
+from .modeling_opens2s.configuration_token2wav import OpenS2SToken2WavConfig
+from .modeling_opens2s.convert_original_opens2s import (
+    SPEECH_GENERATION_CONFIG_NAME,
+    TOKEN2WAV_REMOTE_CODE_FILES,
+    export_remote_code,
+)
 from .modeling_opens2s.feature_extraction_opens2s import OpenS2SFeatureExtractor
 from .modeling_opens2s.modeling_opens2s import OpenS2SForConditionalGeneration
 from .modeling_opens2s.processing_opens2s import OpenS2SProcessor
@@ -29,6 +35,7 @@ __all__ = [
     "build_llm_tokenizer",
     "build_tiny_config",
     "build_tiny_model",
+    "build_tiny_token2wav_config",
     "build_unit_tokenizer",
     "tiny_model_path",
 ]
@@ -36,7 +43,7 @@ __all__ = [
 logger = logging.get_logger(__name__)
 
 # Bump the folder name whenever the build changes, so caches of an older build are not reused.
-TINY_MODEL_DIR = Path(os.environ.get("OPENS2S_CACHE", "~/.cache/opens2s")).expanduser() / "tiny-v1"
+TINY_MODEL_DIR = Path(os.environ.get("OPENS2S_CACHE", "~/.cache/opens2s")).expanduser() / "tiny-v2"
 # 16 kHz mono PCM-16 English question spoken by espeak-ng (see assets/README.md).
 EXAMPLE_WAV = Path(__file__).parent / "assets" / "example.wav"
 
@@ -203,11 +210,48 @@ def build_tiny_model(output_dir: str | Path | None = None, seed: int = 0) -> Pat
     processor.save_pretrained(dst)
     _speech_generation_config(processor).save_pretrained(dst, config_file_name=SPEECH_GENERATION_CONFIG_NAME)
     export_remote_code(dst)
+    _build_tiny_token2wav(dst / "token2wav", seed)
     return dst
 
 
+def build_tiny_token2wav_config(num_units: int = NUM_UNITS) -> OpenS2SToken2WavConfig:
+    """The real token2wav architecture at toy width (the sizes of the parity fixture's decoder)."""
+    return OpenS2SToken2WavConfig(
+        vocab_size=num_units,
+        token_embedding_dim=64,
+        encoder_hidden_size=64,
+        encoder_num_heads=4,
+        encoder_ffn_dim=128,
+        encoder_num_layers=2,
+        estimator_channels=[32, 32],
+        estimator_attention_head_dim=16,
+        estimator_num_heads=2,
+        estimator_num_blocks=1,
+        estimator_num_mid_blocks=2,
+        hift_base_channels=32,
+        hift_f0_cond_channels=32,
+    )
+
+
+def _build_tiny_token2wav(dst: Path, seed: int) -> None:
+    from .modeling_opens2s.modeling_token2wav import OpenS2SToken2Wav
+
+    config = build_tiny_token2wav_config()
+    config.auto_map = {
+        "AutoConfig": "configuration_token2wav.OpenS2SToken2WavConfig",
+        "AutoModel": "modeling_token2wav.OpenS2SToken2Wav",
+    }
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = OpenS2SToken2Wav(config)
+    model.save_pretrained(dst)
+    here = Path(__file__).parent / "modeling_opens2s"
+    for name in TOKEN2WAV_REMOTE_CODE_FILES:
+        shutil.copyfile(here / name, dst / name)
+
+
 def tiny_model_path() -> Path:
-    """Path of the tiny model in [`TINY_MODEL_DIR`] (`$OPENS2S_CACHE/tiny-v1`), built there on first use.
+    """Path of the tiny model in [`TINY_MODEL_DIR`] (`$OPENS2S_CACHE/tiny-v2`), built there on first use.
 
     The build goes to a staging folder that is renamed into place, so concurrent first uses never see half a folder.
     """

@@ -1,0 +1,101 @@
+"""Loading a speech-to-speech model and running one spoken turn: shared by the `opens2s chat` CLI, the Space and
+the benchmarks."""
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+from transformers import AutoModel, AutoProcessor
+from transformers.utils import logging
+
+from .processing.audio_io import load_audio
+
+
+__all__ = ["DTYPES", "SpeechModel", "load_speech_model", "spoken_turn_inputs", "stream_reply"]
+
+logger = logging.get_logger(__name__)
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+TOKEN2WAV_SUBFOLDER = "token2wav"
+
+
+class SpeechModel:
+    """A loaded OpenS2S model with its processor and (when found) its token2wav decoder."""
+
+    def __init__(self, model, processor, is_tiny: bool):
+        self.model, self.processor, self.is_tiny = model, processor, is_tiny
+
+    @property
+    def speaks(self) -> bool:
+        """Whether a token2wav decoder is attached (else the reply is text + units only)."""
+        return self.model.token2wav is not None
+
+
+def load_speech_model(
+    name_or_path: str | Path | None = None,
+    device: str | torch.device = "cpu",
+    dtype: str | torch.dtype = "float32",
+    token2wav: str | Path | None = None,
+) -> SpeechModel:
+    """Load an OpenS2S folder or Hub repo with `trust_remote_code=True`, its processor, and its token2wav decoder.
+
+    Args:
+        name_or_path: a converted folder or Hub id; `None` builds (once) and loads the tiny random default model.
+        device: where to run.
+        dtype: `"float32"`, `"bfloat16"`, `"float16"` or a torch dtype, for the LLM and speech decoder; token2wav
+            runs in float32 on CPU and in this dtype on accelerators (its vocoder keeps its phase maths in float32).
+        token2wav: a token2wav folder or Hub id; default the `token2wav/` subfolder of `name_or_path`, when present.
+    """
+    is_tiny = name_or_path is None
+    if is_tiny:
+        from .tiny import tiny_model_path
+
+        name_or_path = tiny_model_path()
+    dtype = DTYPES[dtype] if isinstance(dtype, str) else dtype
+    model = AutoModel.from_pretrained(str(name_or_path), trust_remote_code=True, dtype=dtype).to(device).eval()
+    processor = AutoProcessor.from_pretrained(str(name_or_path), trust_remote_code=True)
+    token2wav_dtype = torch.float32 if torch.device(device).type == "cpu" else dtype
+    if token2wav is not None:
+        model.attach_token2wav(str(token2wav), dtype=token2wav_dtype)
+    elif _has_token2wav(name_or_path):
+        model.attach_token2wav(dtype=token2wav_dtype)
+    else:
+        logger.warning("%s has no %s/ decoder: the reply will be text and speech units only", name_or_path,
+                       TOKEN2WAV_SUBFOLDER)
+    return SpeechModel(model, processor, is_tiny)
+
+
+def _has_token2wav(name_or_path: str | Path) -> bool:
+    local = Path(name_or_path)
+    if local.is_dir():
+        return (local / TOKEN2WAV_SUBFOLDER / "config.json").is_file()
+    from huggingface_hub import file_exists
+
+    return file_exists(str(name_or_path), f"{TOKEN2WAV_SUBFOLDER}/config.json")
+
+
+def spoken_turn_inputs(processor, audio: str | Path, system_prompt: str | None = None) -> dict:
+    """Processor inputs for one user turn made of one audio file (read with soundfile, downmixed, resampled to the feature extractor rate)."""
+    waveform = load_audio(audio, sampling_rate=processor.feature_extractor.sampling_rate)
+    messages = [{"role": "user", "content": [{"type": "audio", "audio": waveform}]}]
+    if system_prompt is not None:
+        messages.insert(0, {"role": "system", "content": [{"type": "text", "text": system_prompt}]})
+    return processor.apply_chat_template(
+        messages, add_generation_prompt=True, tokenize=True, return_dict=True, return_tensors="pt"
+    )
+
+
+def stream_reply(
+    speech_model: SpeechModel,
+    audio: str | Path,
+    seed: int | None = None,
+    system_prompt: str | None = None,
+    **stream_kwargs,
+) -> Iterator:
+    """The events of `model.stream` for one spoken question (`seed` makes sampling and the voice reproducible)."""
+    model, processor = speech_model.model, speech_model.processor
+    inputs = spoken_turn_inputs(processor, audio, system_prompt)
+    if seed is not None:
+        stream_kwargs.setdefault("generator", torch.Generator(device=model.device).manual_seed(seed))
+        stream_kwargs.setdefault("token2wav_generator", torch.Generator().manual_seed(seed))
+    return model.stream(**inputs, processor=processor, **stream_kwargs)
