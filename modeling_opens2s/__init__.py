@@ -12,6 +12,8 @@ _import_structure = {
     "processing_opens2s": ["OpenS2SProcessor"],
     "convert_original_opens2s": ["convert_original_checkpoint", "export_remote_code"],
     "streaming_opens2s": ["AudioChunk", "Done", "SpeechUnits", "TextDelta", "stream"],
+    "configuration_speech_tokenizer": ["OpenS2SSpeechTokenizerConfig"],
+    "modeling_speech_tokenizer": ["OpenS2SSpeechTokenizer", "OpenS2SSpeechTokenizerOutput"],
 }
 
 if TYPE_CHECKING:
@@ -21,6 +23,8 @@ if TYPE_CHECKING:
     from .modeling_opens2s import OpenS2SForConditionalGeneration, OpenS2SOutput, OpenS2SPreTrainedModel
     from .processing_opens2s import OpenS2SProcessor
     from .streaming_opens2s import AudioChunk, Done, SpeechUnits, TextDelta, stream
+    from .configuration_speech_tokenizer import OpenS2SSpeechTokenizerConfig
+    from .modeling_speech_tokenizer import OpenS2SSpeechTokenizer, OpenS2SSpeechTokenizerOutput
 else:
     import sys
 

@@ -3,6 +3,7 @@
     opens2s chat [--audio WAV] [--out reply.wav] [--model ID_OR_FOLDER] [--device cuda] [--dtype bfloat16]
     opens2s convert SRC DST [--max-shard-size 5GB] [--unit-tokenizer-base ID] [--num-units 16384]
     opens2s tiny [DST] [--seed 0]
+    opens2s units IN... --out units.jsonl [--model ID_OR_FOLDER] [--batch-size 16] [--device cpu] [--dtype float32]
 
 Every subcommand is one [`Command`] entry in `COMMANDS`: a function that adds its arguments to an argparse parser
 and a function that runs it on the parsed namespace and returns the exit status. A new subcommand adds one entry and
@@ -176,6 +177,49 @@ def _seconds(value: float | None) -> str:
     return "-" if value is None else f"{value:.3f} s"
 
 
+def _add_units_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("inputs", metavar="IN", nargs="+", type=Path, help="audio files (any rate/channels)")
+    parser.add_argument("--out", type=Path, required=True, help="jsonl to write: one {audio, units} line per file")
+    parser.add_argument(
+        "--model",
+        default="THUDM/glm-4-voice-tokenizer",
+        help="speech tokenizer folder or Hub id; the original glm-4-voice-tokenizer layout loads as is "
+        "(default: THUDM/glm-4-voice-tokenizer)",
+    )
+    parser.add_argument("--batch-size", type=int, default=16, help="files read, and 30 s segments encoded, at once")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, mps ... (default: cpu)")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    parser.add_argument("--overwrite", action="store_true", help="replace --out when it exists")
+
+
+def _run_units(args: argparse.Namespace) -> int:
+    import json
+
+    import torch
+
+    from .modeling_opens2s.modeling_speech_tokenizer import OpenS2SSpeechTokenizer
+    from .processing.speech_units import encode_files
+
+    if args.out.exists() and not args.overwrite:
+        raise ValueError(f"{args.out} exists; pass --overwrite to replace it")
+    if args.batch_size < 1:
+        raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
+    tokenizer = OpenS2SSpeechTokenizer.from_pretrained(args.model, dtype=getattr(torch, args.dtype))
+    tokenizer = tokenizer.to(args.device).eval()
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    partial = args.out.with_name(args.out.name + ".partial")  # --out appears only when every file is encoded
+    try:
+        with partial.open("w") as out:
+            for path, units in encode_files(args.inputs, tokenizer, batch_size=args.batch_size):
+                out.write(json.dumps({"audio": str(path), "units": units}) + "\n")
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
+    partial.replace(args.out)
+    print(args.out)
+    return 0
+
+
 COMMANDS: dict[str, Command] = {
     "chat": Command(
         "one spoken turn: stream the text reply, write the spoken reply, print latency and real-time factor",
@@ -191,6 +235,11 @@ COMMANDS: dict[str, Command] = {
         "build the tiny random OpenS2S model (for tests and demos) and print its path",
         _add_tiny_arguments,
         _run_tiny,
+    ),
+    "units": Command(
+        "speech units (GLM-4-Voice tokenizer, 12.5 Hz) of audio files, written as jsonl",
+        _add_units_arguments,
+        _run_units,
     ),
 }
 

@@ -1,0 +1,106 @@
+"""Audio -> Whisper features for the speech tokenizer, cut and padded as GLM-4-Voice's `extract_speech_token` does.
+
+One audio becomes independent 30 s segments (the last one shorter); a batch of segments is zero-padded to its longest
+segment rounded up to a whole speech unit (1280 samples = 8 feature frames = 80 ms), and the feature-frame mask of
+every segment says which units are kept. Features are `transformers.WhisperFeatureExtractor`'s, unchanged (torch STFT
+path, `max - 8` clamp per segment).
+"""
+
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from transformers import WhisperFeatureExtractor
+from transformers.audio_utils import load_audio
+from transformers.feature_extraction_utils import BatchFeature
+
+from .feature_extraction_opens2s import prepare_waveform
+
+
+__all__ = ["load_waveform", "segment_features", "split_segments"]
+
+
+def load_waveform(audio: Any, sampling_rate: int | None, feature_extractor: WhisperFeatureExtractor) -> np.ndarray:
+    """Bring one audio to mono float32 at the feature extractor's rate (16 kHz) and check it.
+
+    Args:
+        audio:
+            A path (`str` / `os.PathLike`, read with `transformers.audio_utils.load_audio`: soundfile + soxr, channels
+            averaged), an array or tensor `(samples,)` / `(channels, samples)` at `sampling_rate`, a tuple
+            `(array, sampling_rate)` as the original `extract_speech_token` takes, or a dict with `"array"` and
+            `"sampling_rate"` (a decoded `datasets.Audio` value).
+        sampling_rate (`int`, *optional*):
+            Rate of bare arrays in Hz; `None` means they are already at the feature extractor's rate.
+        feature_extractor ([`WhisperFeatureExtractor`]):
+            Gives the target rate and the shortest accepted clip (one feature frame, `hop_length` samples).
+
+    Returns:
+        `np.ndarray` of shape `(samples,)`, float32 at `feature_extractor.sampling_rate`. Stereo is averaged to mono
+        (the original keeps the first channel); other rates are resampled.
+
+    Raises:
+        `FileNotFoundError` for a missing file; `ValueError` for empty, too short (< 10 ms), NaN/Inf or wrongly shaped
+        audio.
+    """
+    target_rate = feature_extractor.sampling_rate
+    if isinstance(audio, (str, os.PathLike)):
+        path = os.fspath(audio)
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"audio file not found: {path}")
+        audio, sampling_rate = load_audio(path, sampling_rate=target_rate), target_rate
+    elif isinstance(audio, tuple) and len(audio) == 2:
+        audio, sampling_rate = audio
+    elif isinstance(audio, dict) and "array" in audio:
+        audio, sampling_rate = audio["array"], audio.get("sampling_rate", sampling_rate)
+    return prepare_waveform(
+        audio,
+        target_rate if sampling_rate is None else sampling_rate,
+        target_sr=target_rate,
+        min_samples=feature_extractor.hop_length,
+    )
+
+
+def split_segments(waveform: np.ndarray, segment_samples: int) -> list[np.ndarray]:
+    """Cut `(samples,)` into consecutive `segment_samples`-long pieces (30 s), the last one shorter; no empty piece."""
+    return [waveform[start : start + segment_samples] for start in range(0, waveform.shape[0], segment_samples)]
+
+
+def segment_features(
+    feature_extractor: WhisperFeatureExtractor,
+    segments: Sequence[np.ndarray],
+    samples_per_unit: int,
+    device: str | torch.device = "cpu",
+) -> BatchFeature:
+    """Whisper log-mel features of a batch of segments, padded as the original tokenizer pads them.
+
+    Args:
+        feature_extractor ([`WhisperFeatureExtractor`]): computes the features (torch STFT on `device`).
+        segments (`Sequence[np.ndarray]`): 1-D float32 segments at 16 kHz, each at most 30 s.
+        samples_per_unit (`int`): samples per speech unit (1280 at 12.5 Hz); the batch is zero-padded to its longest
+            segment rounded up to a multiple of it.
+        device (`str` or `torch.device`, *optional*, defaults to `"cpu"`): where the STFT runs.
+
+    Returns:
+        [`BatchFeature`] with torch tensors `input_features` `(num_segments, num_mel_bins, frames)`, float32, and
+        `attention_mask` `(num_segments, frames)`, 1 on the `ceil(samples / hop_length)` valid frames of a segment.
+        `frames` is a multiple of `samples_per_unit / hop_length` (8).
+    """
+    if samples_per_unit % feature_extractor.hop_length:
+        raise ValueError(
+            f"samples_per_unit ({samples_per_unit}) must be a multiple of hop_length ({feature_extractor.hop_length})"
+        )
+    longest = max(segment.shape[0] for segment in segments)
+    if longest > feature_extractor.n_samples:
+        raise ValueError(f"a segment has {longest} samples; segments hold at most {feature_extractor.n_samples}")
+    features = feature_extractor(
+        list(segments),
+        sampling_rate=feature_extractor.sampling_rate,
+        padding="longest",
+        pad_to_multiple_of=samples_per_unit,
+        return_attention_mask=True,
+        return_tensors="pt",
+        device=str(device),
+    )
+    return features
