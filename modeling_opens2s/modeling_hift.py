@@ -216,17 +216,6 @@ class HiFTVocoder(nn.Module):
             for kernel, dilations in zip(resblock_kernel_sizes, resblock_dilation_sizes, strict=True)
         )
         self.conv_post = nn.Conv1d(base_channels // 2 ** len(upsample_rates), spectrum_channels, 7, padding=3)
-        self.register_buffer("window", torch.empty(istft_n_fft), persistent=False)
-        self.reset_buffers()
-
-    def reset_buffers(self) -> None:
-        """
-        Compute the non-persistent buffers (the float32 periodic Hann window of the STFT/iSTFT).
-
-        `PreTrainedModel.from_pretrained` leaves non-persistent buffers uninitialised (`torch.empty_like`), so a
-        wrapping model's `_init_weights` must call this on its `HiFTVocoder`.
-        """
-        self.window = torch.hann_window(self.n_fft, periodic=True, dtype=torch.float32, device=self.window.device)
 
     @property
     def samples_per_frame(self) -> int:
@@ -421,10 +410,9 @@ class HiFTVocoder(nn.Module):
         return HiFTOutput(waveform=waveform, source=source, f0=f0)
 
     def _float_window(self) -> torch.Tensor:
-        """The Hann window in float32 (`module.to(bfloat16)` casts buffers too; the iSTFT needs the exact one)."""
-        if self.window.dtype == torch.float32:
-            return self.window
-        return torch.hann_window(self.n_fft, periodic=True, dtype=torch.float32, device=self.window.device)
+        """The float32 periodic Hann window of the STFT/iSTFT. Made per call (n_fft is tiny) rather than kept as a
+        buffer: `from_pretrained` leaves non-persistent buffers uninitialised, and `.to(bfloat16)` would round it."""
+        return torch.hann_window(self.n_fft, periodic=True, dtype=torch.float32, device=self.conv_post.weight.device)
 
 
 def _original_key_template(keys: set[str]) -> set[str]:

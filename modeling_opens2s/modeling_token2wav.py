@@ -95,8 +95,8 @@ class OpenS2SToken2Wav(PreTrainedModel):
         self.post_init()
 
     def _init_weights(self, module: torch.nn.Module) -> None:
-        # The sub-modules initialise themselves at construction (PyTorch defaults, as the original); real weights
-        # come from a converted checkpoint.
+        # The layers keep their PyTorch default initialisation (as the original); real weights come from a converted
+        # checkpoint.
         return
 
     @property

@@ -274,7 +274,7 @@ class BlockStream:
         # Sample-major draws: sample n gets the same noise whatever the chunking.
         noise = torch.randn((f0.shape[-1], harmonics), generator=self.vocoder_generator, device=f0.device).T[None]
         phases = vocoder.harmonic_phases(f0.float(), self.phase)
-        self.phase = phases[..., -1:]
+        self.phase = phases[..., -1:] % (2 * torch.pi)  # wrapped: float32 keeps its precision on long answers
         return vocoder.excitation(f0.float(), phases, noise).float()
 
     def _crossfade(self, played: torch.Tensor) -> torch.Tensor:

@@ -9,6 +9,7 @@ Nothing is downloaded.
 
 import os
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 
@@ -245,7 +246,7 @@ def _build_tiny_token2wav(dst: Path, seed: int) -> None:
         torch.manual_seed(seed)
         model = OpenS2SToken2Wav(config)
     model.save_pretrained(dst)
-    here = Path(__file__).parent / "modeling_opens2s"
+    here = Path(sys.modules[OpenS2SToken2Wav.__module__].__file__).parent
     for name in TOKEN2WAV_REMOTE_CODE_FILES:
         shutil.copyfile(here / name, dst / name)
 

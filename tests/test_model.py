@@ -192,11 +192,11 @@ def test_speaker_embedding_changes_the_speech_logits(model, tester):
     assert not torch.allclose(silent, voiced)
 
 
-def test_text_generation_with_cache(model, tester):
-    inputs = tester.inputs([1.0], audios_per_row=[1])
-    inputs = {key: value[:1] for key, value in inputs.items()}
-    generated = model.generate(**inputs, max_new_tokens=5, do_sample=False, pad_token_id=0)
-    assert generated.shape == (1, inputs["input_ids"].shape[1] + 5)
+def test_text_only_generation_is_generation_mixin(model, tester):
+    """`return_speech=False` is plain `GenerationMixin.generate` (batched, KV-cached, returns ids)."""
+    inputs = tester.inputs([1.0, 0.5], audios_per_row=[1, 1])
+    generated = model.generate(**inputs, return_speech=False, max_new_tokens=5, do_sample=False, pad_token_id=0)
+    assert generated.shape == (2, inputs["input_ids"].shape[1] + 5)
 
 
 def test_gradients_reach_every_trained_part(model, tester):
