@@ -18,7 +18,7 @@ from transformers import AutoTokenizer, GenerationConfig
 
 from .configuration_opens2s import OpenS2SConfig, parse_interleave_strategy
 from .feature_extraction_opens2s import OpenS2SFeatureExtractor
-from .processing_opens2s import OpenS2SProcessor
+from .processing_opens2s import OpenS2SProcessor, find_unit_tokens
 from .streaming_opens2s import SPEECH_GENERATION_CONFIG_NAME
 
 
@@ -28,6 +28,7 @@ __all__ = [
     "TOKEN2WAV_REMOTE_CODE_FILES",
     "convert_original_checkpoint",
     "export_remote_code",
+    "units_only_generation_config",
 ]
 
 logger = logging.getLogger(__name__)
@@ -246,12 +247,42 @@ def export_remote_code(dst: str | Path) -> None:
         shutil.copyfile(here / name, Path(dst) / name)
 
 
+def _check_token2wav_vocabulary(token2wav: Path, unit_tokenizer) -> None:
+    from .convert_original_token2wav import load_original_decoder_config
+
+    vocab_size = load_original_decoder_config(token2wav / "config.yaml").vocab_size
+    _, num_units = find_unit_tokens(unit_tokenizer)
+    if num_units > vocab_size:
+        raise ValueError(
+            f"the speech decoder writes {num_units} units but the token2wav decoder in {token2wav} knows only "
+            f"{vocab_size}: they do not belong together"
+        )
+
+
+def units_only_generation_config(
+    speech_config: GenerationConfig, config: OpenS2SConfig, processor: OpenS2SProcessor
+) -> GenerationConfig:
+    """A copy of `speech_config` whose `suppress_tokens` hold every speech decoder id that is neither a
+    `<|audio_k|>` unit nor an EOS id (a list of ~150k ids for the released decoder: JSON has no ranges)."""
+    eos = speech_config.eos_token_id if speech_config.eos_token_id is not None else config.speech_decoder_config.eos_token_id
+    eos = {eos} if isinstance(eos, int) else set(eos or [])
+    units = range(processor.unit_token_offset, processor.unit_token_offset + processor.num_units)
+    allowed = eos | set(units)
+    speech_config = GenerationConfig(**speech_config.to_dict())
+    speech_config.suppress_tokens = [
+        token for token in range(config.speech_decoder_config.vocab_size) if token not in allowed
+    ]
+    return speech_config
+
+
 def convert_original_checkpoint(
     src: str | Path,
     dst: str | Path,
     max_shard_size: int = 5 * 1024**3,
     unit_tokenizer_base: str | None = None,
     num_units: int = 16384,
+    token2wav: str | Path | None = None,
+    units_only: bool = True,
 ) -> Path:
     """Convert the original OpenS2S folder `src` into a transformers folder `dst`.
 
@@ -261,6 +292,11 @@ def convert_original_checkpoint(
         max_shard_size: largest safetensors shard in bytes.
         unit_tokenizer_base: only when `src/tts` is missing: base tokenizer to extend with `<|audio_k|>` tokens.
         num_units: speech unit codebook size used with `unit_tokenizer_base`.
+        token2wav: the original `glm-4-voice-decoder` folder (`config.yaml`, `flow.pt`, `hift.pt`); converted into
+            `dst/token2wav/`, so one folder (or Hub repo) speaks: `model.attach_token2wav()` finds it.
+        units_only: write `suppress_tokens` into the speech generation config for every decoder id that is neither a
+            unit nor the EOS, so sampling can only produce units (the original samples over the whole vocabulary and
+            drops non-unit ids afterwards). `False` keeps the original's config as it is.
 
     Returns:
         The output folder, loadable with `AutoModel/AutoProcessor.from_pretrained(dst, trust_remote_code=True)`.
@@ -274,6 +310,8 @@ def convert_original_checkpoint(
     tokenizer = _llm_tokenizer(src)
     config = convert_config(json.loads(config_path.read_text()), tokenizer.convert_tokens_to_ids(AUDIO_TOKEN))
     unit_tokenizer = _unit_tokenizer(src, config, unit_tokenizer_base, num_units)
+    if token2wav is not None:
+        _check_token2wav_vocabulary(Path(token2wav), unit_tokenizer)
     dst.mkdir(parents=True, exist_ok=True)
     convert_weights(src, dst, config, max_shard_size)
 
@@ -294,7 +332,14 @@ def convert_original_checkpoint(
     if (src / "generation_config.json").exists():
         GenerationConfig.from_pretrained(str(src)).save_pretrained(dst)
     if (src / "tts" / "generation_config.json").exists():
-        GenerationConfig.from_pretrained(str(src / "tts")).save_pretrained(dst, config_file_name=SPEECH_GENERATION_CONFIG_NAME)
+        speech_config = GenerationConfig.from_pretrained(str(src / "tts"))
+        if units_only:
+            speech_config = units_only_generation_config(speech_config, config, processor)
+        speech_config.save_pretrained(dst, config_file_name=SPEECH_GENERATION_CONFIG_NAME)
     export_remote_code(dst)
+    if token2wav is not None:
+        from .convert_original_token2wav import convert_original_token2wav
+
+        convert_original_token2wav(token2wav, dst / "token2wav")
     logger.info("converted %s -> %s", src, dst)
     return dst

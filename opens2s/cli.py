@@ -1,7 +1,8 @@
 """The `opens2s` command line (also `python -m opens2s`).
 
     opens2s chat [--audio WAV] [--out reply.wav] [--model ID_OR_FOLDER] [--device cuda] [--dtype bfloat16]
-    opens2s convert SRC DST [--max-shard-size 5GB] [--unit-tokenizer-base ID] [--num-units 16384]
+    opens2s convert SRC DST [--max-shard-size 5GB] [--unit-tokenizer-base ID] [--num-units 16384] [--token2wav DIR]
+    opens2s convert-token2wav SRC DST
     opens2s tiny [DST] [--seed 0]
     opens2s units IN... --out units.jsonl [--model ID_OR_FOLDER] [--batch-size 16] [--device cpu] [--dtype float32]
 
@@ -63,6 +64,17 @@ def _add_convert_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--num-units", type=int, default=16384, help="speech unit codebook size for --unit-tokenizer-base"
     )
+    parser.add_argument(
+        "--token2wav",
+        metavar="DECODER",
+        type=Path,
+        help="the original glm-4-voice-decoder folder (config.yaml, flow.pt, hift.pt), converted into DST/token2wav",
+    )
+    parser.add_argument(
+        "--keep-speech-generation-config",
+        action="store_true",
+        help="keep the original speech generation config as is (by default non-unit decoder ids are suppressed)",
+    )
 
 
 def _run_convert(args: argparse.Namespace) -> int:
@@ -74,8 +86,24 @@ def _run_convert(args: argparse.Namespace) -> int:
         max_shard_size=args.max_shard_size,
         unit_tokenizer_base=args.unit_tokenizer_base,
         num_units=args.num_units,
+        token2wav=args.token2wav,
+        units_only=not args.keep_speech_generation_config,
     )
     print(dst)
+    return 0
+
+
+def _add_convert_token2wav_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "src", metavar="SRC", type=Path, help="original glm-4-voice-decoder folder (config.yaml, flow.pt, hift.pt)"
+    )
+    parser.add_argument("dst", metavar="DST", type=Path, help="output folder (must not exist or be empty)")
+
+
+def _run_convert_token2wav(args: argparse.Namespace) -> int:
+    from .modeling_opens2s.convert_original_token2wav import convert_original_token2wav
+
+    print(convert_original_token2wav(args.src, args.dst))
     return 0
 
 
@@ -131,13 +159,13 @@ def _run_chat(args: argparse.Namespace) -> int:
     import soundfile
 
     from .chat import load_speech_model, stream_reply
+    from .modeling_opens2s.streaming_opens2s import speech_generation_config_of
     from .tiny import EXAMPLE_WAV
 
     speech_model = load_speech_model(args.model, device=args.device, dtype=args.dtype, token2wav=args.token2wav)
     model = speech_model.model
     if speech_model.is_tiny:
         print("Note: running the tiny RANDOM default model: the reply is noise. Use --model for a real checkpoint.")
-    from .modeling_opens2s.streaming_opens2s import speech_generation_config_of
 
     events = stream_reply(
         speech_model,
@@ -230,6 +258,11 @@ COMMANDS: dict[str, Command] = {
         "convert an original OpenS2S checkpoint into a transformers remote-code folder",
         _add_convert_arguments,
         _run_convert,
+    ),
+    "convert-token2wav": Command(
+        "convert the original GLM-4-Voice speech decoder (flow + HiFT) into a safetensors token2wav folder",
+        _add_convert_token2wav_arguments,
+        _run_convert_token2wav,
     ),
     "tiny": Command(
         "build the tiny random OpenS2S model (for tests and demos) and print its path",

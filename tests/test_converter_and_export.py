@@ -179,3 +179,31 @@ def test_tiny_export_loads_without_opens2s(tiny_model_dir, tmp_path):
         messages, add_generation_prompt=True, tokenize=True, return_dict=True, return_tensors="pt"
     )
     assert_same_logits_without_opens2s(tiny_model_dir, batch, tmp_path)
+
+
+@requires_reference
+def test_speech_generation_config_allows_only_units_and_eos(converted):
+    """By default the converter suppresses every decoder id that is not a unit or the EOS; the stream then speaks
+    units only."""
+    from transformers import AutoModel, GenerationConfig
+
+    from opens2s.modeling_opens2s.convert_original_opens2s import SPEECH_GENERATION_CONFIG_NAME
+
+    processor = AutoProcessor.from_pretrained(converted, trust_remote_code=True)
+    model = AutoModel.from_pretrained(converted, trust_remote_code=True).eval()
+    speech_config = GenerationConfig.from_pretrained(converted, config_file_name=SPEECH_GENERATION_CONFIG_NAME)
+    eos = speech_config.eos_token_id
+    units = set(range(processor.unit_token_offset, processor.unit_token_offset + processor.num_units))
+    vocab = set(range(model.config.speech_decoder_config.vocab_size))
+    assert set(speech_config.suppress_tokens) == vocab - units - {eos}
+    messages = [{"role": "user", "content": [{"type": "text", "text": "hello"}]}]
+    inputs = processor.apply_chat_template(
+        messages, add_generation_prompt=True, tokenize=True, return_dict=True, return_tensors="pt"
+    )
+    speech_config.max_new_tokens = 40
+    speech_config.do_sample = True
+    ids = []
+    for event in model.stream(**inputs, processor=processor, speech_generation_config=speech_config, token2wav=False):
+        if event.kind == "units":
+            ids += event.token_ids
+    assert ids and set(ids) <= units | {eos}

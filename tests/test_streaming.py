@@ -41,7 +41,10 @@ def converted(tmp_path_factory):
 
     def get(folder):
         if folder not in built:
-            path = convert_original_checkpoint(folder, tmp_path_factory.mktemp(folder.name) / "converted")
+            # The original's speech generation config as it is (it samples over the whole decoder vocabulary).
+            path = convert_original_checkpoint(
+                folder, tmp_path_factory.mktemp(folder.name) / "converted", units_only=False
+            )
             built[folder] = {
                 "model": AutoModel.from_pretrained(path, trust_remote_code=True).eval(),
                 "processor": AutoProcessor.from_pretrained(path, trust_remote_code=True),

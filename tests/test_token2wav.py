@@ -237,3 +237,47 @@ def test_batched_synthesis_equals_one_by_one():
 def test_config_rejects_a_vocoder_hop_that_does_not_match():
     with pytest.raises(Exception, match="must equal hop_length"):  # a StrictDataclassClassValidationError
         OpenS2SToken2WavConfig(hift_upsample_rates=[8, 4])
+
+
+@requires_token2wav
+@pytest.mark.parametrize("folder", token2wav_sets())
+def test_convert_token2wav_cli_and_remote_code(folder, tmp_path):
+    """`opens2s convert-token2wav` writes a folder that AutoModel loads with trust_remote_code, same weights."""
+    from transformers import AutoModel
+
+    from opens2s.cli import main
+
+    assert main(["convert-token2wav", str(folder), str(tmp_path / "t2w")]) == 0
+    remote = AutoModel.from_pretrained(tmp_path / "t2w", trust_remote_code=True)
+    assert type(remote).__name__ == "OpenS2SToken2Wav" and not type(remote).__module__.startswith("opens2s")
+    local = OpenS2SToken2Wav.from_pretrained(tmp_path / "t2w")
+    for (name, expected), (_, value) in zip(local.state_dict().items(), remote.state_dict().items(), strict=True):
+        torch.testing.assert_close(value, expected, atol=0, rtol=0, msg=name)
+
+
+@requires_token2wav
+@pytest.mark.parametrize("folder", token2wav_sets())
+def test_opens2s_folder_carries_its_token2wav(folder, tmp_path):
+    """`convert --token2wav` puts the decoder in DST/token2wav; `attach_token2wav()` finds it; mismatched unit
+    vocabularies are refused."""
+    from fixture_sets import reference_sets
+    from transformers import AutoModel
+
+    references = reference_sets()
+    if not references:
+        pytest.skip("no reference_* fixture set to pair with")
+    from opens2s.modeling_opens2s.convert_original_opens2s import convert_original_checkpoint
+
+    dst = convert_original_checkpoint(references[0].values[0], tmp_path / "model", token2wav=folder)
+    model = AutoModel.from_pretrained(dst, trust_remote_code=True)
+    token2wav = model.attach_token2wav()
+    assert token2wav.config.vocab_size == json.loads((dst / "token2wav" / "config.json").read_text())["vocab_size"]
+    small = tmp_path / "small_decoder"
+    small.mkdir()
+    for name in ("flow.pt", "hift.pt"):
+        (small / name).symlink_to(folder / name)
+    yaml_text = (folder / "config.yaml").read_text()
+    vocab_line = next(line for line in yaml_text.splitlines() if line.strip().startswith("vocab_size:"))
+    (small / "config.yaml").write_text(yaml_text.replace(vocab_line, vocab_line.split(":")[0] + ": 2"))
+    with pytest.raises(ValueError, match="do not belong together"):
+        convert_original_checkpoint(references[0].values[0], tmp_path / "model2", token2wav=small)
