@@ -453,3 +453,24 @@ def test_datasets_map_adds_units(tiny, example):
     expected = tiny.encode([example])[0]
     assert by_path["units"] == [expected, expected]
     assert by_array["speech_units"] == [expected, expected]
+
+
+def test_round_trip_through_token2wav(tiny):
+    """units -> token2wav (22.05 kHz) -> tokenizer (resampled to 16 kHz) -> units: rates and lengths line up. Both
+    models are random, so only shapes and rates are asserted, not the ids."""
+    from opens2s.modeling_opens2s.modeling_token2wav import OpenS2SToken2Wav
+    from opens2s.tiny import build_tiny_token2wav_config
+
+    config = build_tiny_token2wav_config(num_units=TINY_CONFIG["quantize_vocab_size"])
+    config.num_timesteps = 2
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        token2wav = OpenS2SToken2Wav(config).eval()
+    units = list(range(25))  # 2 s at 12.5 units/s
+    with torch.inference_mode():
+        waveform = token2wav.synthesize(units, generator=torch.Generator().manual_seed(0)).waveform[0].numpy()
+    assert len(waveform) == token2wav.flow.num_frames(len(units)) * config.hop_length
+    (again,) = tiny.encode([(waveform, config.sampling_rate)])
+    seconds = len(waveform) / config.sampling_rate
+    assert abs(len(again) - seconds * 12.5) <= 1
+    assert all(0 <= unit < TINY_CONFIG["quantize_vocab_size"] for unit in again)
