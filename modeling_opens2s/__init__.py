@@ -1,4 +1,5 @@
-"""The OpenS2S model as flat remote-code modules (config, model, feature extractor, processor) plus the converter."""
+"""OpenS2S as flat remote-code modules: the model (config, feature extractor, processor, streaming engine), the
+token2wav decoder, the speech tokenizer, and the converters of the original checkpoints."""
 
 from typing import TYPE_CHECKING
 
@@ -7,24 +8,40 @@ from transformers.utils import _LazyModule
 
 _import_structure = {
     "configuration_opens2s": ["OpenS2SConfig"],
-    "modeling_opens2s": ["OpenS2SForConditionalGeneration", "OpenS2SOutput", "OpenS2SPreTrainedModel"],
+    "modeling_opens2s": [
+        "OpenS2SForConditionalGeneration",
+        "OpenS2SGenerateOutput",
+        "OpenS2SOutput",
+        "OpenS2SPreTrainedModel",
+    ],
     "feature_extraction_opens2s": ["OpenS2SFeatureExtractor"],
     "processing_opens2s": ["OpenS2SProcessor"],
     "convert_original_opens2s": ["convert_original_checkpoint", "export_remote_code"],
     "streaming_opens2s": ["AudioChunk", "Done", "SpeechUnits", "TextDelta", "stream"],
     "configuration_speech_tokenizer": ["OpenS2SSpeechTokenizerConfig"],
     "modeling_speech_tokenizer": ["OpenS2SSpeechTokenizer", "OpenS2SSpeechTokenizerOutput"],
+    "configuration_token2wav": ["OpenS2SToken2WavConfig"],
+    "modeling_token2wav": ["OpenS2SToken2Wav", "Token2WavOutput"],
+    "convert_original_token2wav": ["convert_original_token2wav"],
 }
 
 if TYPE_CHECKING:
     from .configuration_opens2s import OpenS2SConfig
     from .convert_original_opens2s import convert_original_checkpoint, export_remote_code
     from .feature_extraction_opens2s import OpenS2SFeatureExtractor
-    from .modeling_opens2s import OpenS2SForConditionalGeneration, OpenS2SOutput, OpenS2SPreTrainedModel
+    from .modeling_opens2s import (
+        OpenS2SForConditionalGeneration,
+        OpenS2SGenerateOutput,
+        OpenS2SOutput,
+        OpenS2SPreTrainedModel,
+    )
     from .processing_opens2s import OpenS2SProcessor
     from .streaming_opens2s import AudioChunk, Done, SpeechUnits, TextDelta, stream
     from .configuration_speech_tokenizer import OpenS2SSpeechTokenizerConfig
     from .modeling_speech_tokenizer import OpenS2SSpeechTokenizer, OpenS2SSpeechTokenizerOutput
+    from .configuration_token2wav import OpenS2SToken2WavConfig
+    from .modeling_token2wav import OpenS2SToken2Wav, Token2WavOutput
+    from .convert_original_token2wav import convert_original_token2wav
 else:
     import sys
 
