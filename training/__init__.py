@@ -1,7 +1,49 @@
-"""Training OpenS2S with the Trainer/TRL API: data loading and the collator (trl/datasets load lazily)."""
+"""Training OpenS2S with the Trainer/TRL API: data, collators, stage presets, the trainer and its config.
 
-from .collator import DEFAULT_SYSTEM_PROMPT, OpenS2SDataCollator
-from .data import load_original_jsonl
+Every name loads on first use: `import opens2s.training` imports neither trl, peft nor datasets.
+"""
+
+from typing import TYPE_CHECKING
+
+from transformers.utils import _LazyModule
 
 
-__all__ = ["OpenS2SDataCollator", "load_original_jsonl", "DEFAULT_SYSTEM_PROMPT"]
+_import_structure = {
+    "collator": [
+        "DEFAULT_SYSTEM_PROMPT",
+        "OpenS2SDataCollator",
+        "OpenS2STextToUnitsCollator",
+        "build_collator",
+    ],
+    "config": ["OpenS2SSFTConfig"],
+    "data": [
+        "alignment_prompt",
+        "build_alignment_rows",
+        "decode_audio",
+        "load_original_jsonl",
+        "load_training_dataset",
+        "parse_speech_units",
+        "row_messages",
+    ],
+    "stages": ["STAGE_PRESETS", "StagePreset", "apply_stage", "build_lora_config", "get_stage", "trainable_parts"],
+    "trainer": ["OpenS2STrainer"],
+}
+
+if TYPE_CHECKING:
+    from .collator import DEFAULT_SYSTEM_PROMPT, OpenS2SDataCollator, OpenS2STextToUnitsCollator, build_collator
+    from .config import OpenS2SSFTConfig
+    from .data import (
+        alignment_prompt,
+        build_alignment_rows,
+        decode_audio,
+        load_original_jsonl,
+        load_training_dataset,
+        parse_speech_units,
+        row_messages,
+    )
+    from .stages import STAGE_PRESETS, StagePreset, apply_stage, build_lora_config, get_stage, trainable_parts
+    from .trainer import OpenS2STrainer
+else:
+    import sys
+
+    sys.modules[__name__] = _LazyModule(__name__, __file__, _import_structure, module_spec=__spec__)

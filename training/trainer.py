@@ -1,0 +1,134 @@
+"""[`OpenS2STrainer`]: TRL's `SFTTrainer` on interleaved speech/text conversations."""
+
+import torch
+from transformers import AutoModel, AutoProcessor, PreTrainedModel
+from transformers.utils import logging
+from trl import SFTTrainer
+from trl.trainer.utils import get_config_model_id
+
+from .collator import build_collator
+from .config import OpenS2SSFTConfig
+from .stages import apply_stage, build_lora_config, get_stage
+
+
+__all__ = ["OpenS2STrainer"]
+
+logger = logging.get_logger(__name__)
+
+
+class OpenS2STrainer(SFTTrainer):
+    r"""
+    Trainer for OpenS2S (arXiv 2507.05177): text cross-entropy + speech-unit cross-entropy on interleaved
+    conversations, one training stage of the paper's section 2.2 per run.
+
+    The only change w.r.t. [`~trl.SFTTrainer`] is `compute_loss`: it runs `model(**inputs)` (the full OpenS2S forward:
+    audio encoder, adapter, LLM, interleaved speech decoder) and returns the model's own `loss` =
+    `text_loss_weight * text_loss + speech_loss_weight * speech_loss`, logging `text_loss` and `speech_loss` averaged
+    over processes. It never uses the fused LM head that `SFTTrainer` installs (that path would skip the audio encoder
+    and the speech decoder). Everything else (optimiser, schedules, precision, gradient accumulation and
+    checkpointing, saving, resuming, PEFT, distributed training) is inherited unchanged.
+
+    `__init__` only fills in what SFTTrainer cannot know:
+
+    - the stage preset of `args.stage` freezes the parts that do not train ([`apply_stage`]); for stage 2a
+      (`speech_pretrain_text`) the trainer trains the speech decoder alone, as the causal LM it is, with the unit
+      tokenizer as its processing class (its checkpoints are speech-decoder folders; `trainer.opens2s_model` is the
+      full model, updated in place);
+    - the default collator is the stage's ([`build_collator`]), the default processor the model's own;
+    - `args.lora` builds the LoRA config of the stage ([`build_lora_config`]) when no `peft_config` is passed;
+    - `args.text_loss_weight` / `args.speech_loss_weight`, when set, are written into `model.config`.
+
+    The loss of a micro-batch is a mean over its target tokens (as in the original training), so the trainer divides
+    it by the gradient accumulation steps (`loss_is_scaled_for_ga = False`) instead of rescaling by token counts.
+
+    Args:
+        model (`str` or [`PreTrainedModel`]): an OpenS2S model, or a folder / Hub id loaded with `AutoModel` (with
+            `args.trust_remote_code` and `args.model_init_kwargs`).
+        args ([`OpenS2SSFTConfig`], *optional*): defaults to `OpenS2SSFTConfig("<model name>-OpenS2S")`.
+        data_collator (`Callable`, *optional*): defaults to the stage's collator built on `processing_class`.
+        processing_class ([`OpenS2SProcessor`], *optional*): defaults to `AutoProcessor` of the model's folder.
+        peft_config ([`~peft.PeftConfig`], *optional*): LoRA config; defaults to the stage's when `args.lora`.
+        kwargs: the other [`~trl.SFTTrainer`] arguments (`train_dataset`, `eval_dataset`, `callbacks`, ...).
+    """
+
+    _tag_names = ["trl", "opens2s"]
+    _name = "OpenS2S"
+    loss_is_scaled_for_ga = False
+
+    def __init__(
+        self,
+        model: "str | PreTrainedModel",
+        args: OpenS2SSFTConfig | None = None,
+        data_collator=None,
+        processing_class=None,
+        peft_config=None,
+        **kwargs,
+    ):
+        if args is None:
+            model_name = model if isinstance(model, str) else get_config_model_id(model.config)
+            args = OpenS2SSFTConfig(f"{model_name.split('/')[-1]}-OpenS2S")
+        if not isinstance(args, OpenS2SSFTConfig):
+            raise TypeError(f"args must be an OpenS2SSFTConfig (it names the stage), got {type(args).__name__}")
+        if isinstance(model, str):
+            init_kwargs = {"trust_remote_code": args.trust_remote_code, **(args.model_init_kwargs or {})}
+            model = AutoModel.from_pretrained(model, **init_kwargs)
+        if processing_class is None:
+            source = get_config_model_id(model.config)
+            processing_class = AutoProcessor.from_pretrained(source, trust_remote_code=args.trust_remote_code)
+        preset = get_stage(args.stage)
+        for name in ("text_loss_weight", "speech_loss_weight"):
+            if getattr(args, name) is not None:
+                setattr(model.config, name, getattr(args, name))
+        if peft_config is None and args.lora:
+            peft_config = build_lora_config(preset)
+        elif peft_config is not None and not preset.trains_llm:
+            raise ValueError(f"stage {args.stage!r} keeps the LLM frozen: a peft_config has nothing to adapt")
+        if data_collator is None:
+            data_collator = build_collator(
+                processing_class,
+                preset.row_format,
+                system_prompt=args.system_prompt,
+                speaker_embedding_dim=model.config.speaker_embedding_dim,
+                use_speech_units=preset.use_speech_units,
+            )
+        self.opens2s_model = model
+        self.stage = preset
+        trained = apply_stage(model, preset)
+        super().__init__(
+            trained,
+            args=args,
+            data_collator=data_collator,
+            processing_class=processing_class if trained is model else processing_class.unit_tokenizer,
+            peft_config=peft_config,
+            **kwargs,
+        )
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        mode = "train" if self.model.training else "eval"
+        outputs = model(**inputs, use_cache=False)
+        if outputs.get("loss") is None:
+            raise ValueError("the batch has neither `labels` nor `speech_units`: there is no loss to train on")
+        text_loss, speech_loss = outputs.get("text_loss"), outputs.get("speech_loss")
+        if text_loss is None and speech_loss is None:
+            # Stage 2a trains the speech decoder alone: a causal LM over [text prefix, units], its loss the unit loss.
+            speech_loss = outputs.loss
+        self._log_losses(mode, text_loss=text_loss, speech_loss=speech_loss)
+        return (outputs.loss, outputs) if return_outputs else outputs.loss
+
+    def _log_losses(self, mode: str, **losses: torch.Tensor | None) -> None:
+        """Store each loss averaged over the processes that computed it, for `SFTTrainer.log`.
+
+        Every process takes part in one fixed-size reduction per step, even for a loss it did not compute (a batch
+        without spoken answers has no speech loss), so the collective never waits on a process that skipped it.
+        """
+        device = self.accelerator.device
+        values = []
+        for loss in losses.values():
+            present = loss is not None
+            values += [loss.detach().float() if present else torch.zeros((), device=device), float(present)]
+        stacked = torch.stack([torch.as_tensor(value, dtype=torch.float32, device=device) for value in values])
+        totals = self.accelerator.reduce(stacked, reduction="sum")
+        for index, name in enumerate(losses):
+            total, count = totals[2 * index], totals[2 * index + 1]
+            if count > 0:
+                self._metrics[mode][name].append((total / count).item())
