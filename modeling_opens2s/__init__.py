@@ -27,7 +27,10 @@ _import_structure = {
 
 if TYPE_CHECKING:
     from .configuration_opens2s import OpenS2SConfig
+    from .configuration_speech_tokenizer import OpenS2SSpeechTokenizerConfig
+    from .configuration_token2wav import OpenS2SToken2WavConfig
     from .convert_original_opens2s import convert_original_checkpoint, export_remote_code
+    from .convert_original_token2wav import convert_original_token2wav
     from .feature_extraction_opens2s import OpenS2SFeatureExtractor
     from .modeling_opens2s import (
         OpenS2SForConditionalGeneration,
@@ -35,13 +38,10 @@ if TYPE_CHECKING:
         OpenS2SOutput,
         OpenS2SPreTrainedModel,
     )
+    from .modeling_speech_tokenizer import OpenS2SSpeechTokenizer, OpenS2SSpeechTokenizerOutput
+    from .modeling_token2wav import OpenS2SToken2Wav, Token2WavOutput
     from .processing_opens2s import OpenS2SProcessor
     from .streaming_opens2s import AudioChunk, Done, SpeechUnits, TextDelta, stream
-    from .configuration_speech_tokenizer import OpenS2SSpeechTokenizerConfig
-    from .modeling_speech_tokenizer import OpenS2SSpeechTokenizer, OpenS2SSpeechTokenizerOutput
-    from .configuration_token2wav import OpenS2SToken2WavConfig
-    from .modeling_token2wav import OpenS2SToken2Wav, Token2WavOutput
-    from .convert_original_token2wav import convert_original_token2wav
 else:
     import sys
 

@@ -16,7 +16,7 @@ def encoder_output_lengths(feature_lengths: torch.Tensor) -> torch.Tensor:
 
 
 def adapter_output_lengths(encoder_lengths: torch.Tensor, num_convs: int) -> torch.Tensor:
-    """Adapter frames after `num_convs` convolutions of stride 2 and padding `k // 2` (`floor((L - 1) / 2 + 1)` each)."""
+    """Adapter frames after `num_convs` convolutions of stride 2, padding `k // 2`: `floor((L - 1) / 2 + 1)` each."""
     lengths = encoder_lengths
     for _ in range(num_convs):
         lengths = torch.div(lengths - 1, 2, rounding_mode="floor") + 1

@@ -209,7 +209,9 @@ def convert_weights(src: Path, dst: Path, config: OpenS2SConfig, max_shard_bytes
 
 def _llm_tokenizer(src: Path):
     tokenizer = AutoTokenizer.from_pretrained(str(src))
-    absent = [token for token in MARKER_TOKENS if tokenizer.convert_tokens_to_ids(token) in (None, tokenizer.unk_token_id)]
+    absent = [
+        token for token in MARKER_TOKENS if tokenizer.convert_tokens_to_ids(token) in (None, tokenizer.unk_token_id)
+    ]
     if absent:
         raise ValueError(f"the LLM tokenizer in {src} lacks the OpenS2S markers {absent}")
     if AUDIO_TOKEN not in tokenizer.get_vocab():
@@ -264,7 +266,11 @@ def units_only_generation_config(
 ) -> GenerationConfig:
     """A copy of `speech_config` whose `suppress_tokens` hold every speech decoder id that is neither a
     `<|audio_k|>` unit nor an EOS id (a list of ~150k ids for the released decoder: JSON has no ranges)."""
-    eos = speech_config.eos_token_id if speech_config.eos_token_id is not None else config.speech_decoder_config.eos_token_id
+    eos = (
+        speech_config.eos_token_id
+        if speech_config.eos_token_id is not None
+        else config.speech_decoder_config.eos_token_id
+    )
     eos = {eos} if isinstance(eos, int) else set(eos or [])
     units = range(processor.unit_token_offset, processor.unit_token_offset + processor.num_units)
     allowed = eos | set(units)
@@ -327,7 +333,9 @@ def convert_original_checkpoint(
         if (audio_dir / "preprocessor_config.json").exists()
         else OpenS2SFeatureExtractor()
     )
-    processor = OpenS2SProcessor(feature_extractor, tokenizer, unit_tokenizer, num_adapter_convs=len(config.adapter_conv_kernel_sizes))
+    processor = OpenS2SProcessor(
+        feature_extractor, tokenizer, unit_tokenizer, num_adapter_convs=len(config.adapter_conv_kernel_sizes)
+    )
     processor.save_pretrained(dst)
     if (src / "generation_config.json").exists():
         GenerationConfig.from_pretrained(str(src)).save_pretrained(dst)

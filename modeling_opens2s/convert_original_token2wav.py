@@ -26,7 +26,6 @@ __all__ = ["convert_original_token2wav", "load_original_decoder_config"]
 logger = logging.getLogger(__name__)
 
 
-
 class _TagIgnoringLoader(yaml.SafeLoader):
     """Reads hyperpyyaml as data: a tagged node becomes its plain value, `!ref <x>` a `_Ref`."""
 

@@ -40,7 +40,11 @@ def resample(waveform: np.ndarray, orig_sr: int, target_sr: int, lowpass_filter_
 
 
 def prepare_waveform(
-    waveform, sampling_rate: int | None, target_sr: int = 16000, max_seconds: float | None = None, min_samples: int = 160
+    waveform,
+    sampling_rate: int | None,
+    target_sr: int = 16000,
+    max_seconds: float | None = None,
+    min_samples: int = 160,
 ) -> np.ndarray:
     """Check one audio and bring it to mono float32 at `target_sr`.
 

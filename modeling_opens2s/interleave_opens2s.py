@@ -24,7 +24,7 @@ def find_speech_spans(speech_span_mask: torch.Tensor) -> list[tuple[int, int, in
     diff = padded[:, 1:] - padded[:, :-1]
     start_rows, starts = (diff == 1).nonzero(as_tuple=True)
     _, ends = (diff == -1).nonzero(as_tuple=True)
-    return list(zip(start_rows.tolist(), starts.tolist(), ends.tolist()))
+    return list(zip(start_rows.tolist(), starts.tolist(), ends.tolist(), strict=True))
 
 
 def interleaved_positions(
@@ -74,7 +74,7 @@ def build_interleaved_rows(
     unit_lengths = (unit_mask != 0).sum(-1).tolist()
     inputs_embeds[:, 0] = speaker_slots.to(inputs_embeds.dtype)
     attention_mask[:, 0] = 1
-    for turn, (rows, unit_length) in enumerate(zip(text_rows, unit_lengths)):
+    for turn, (rows, unit_length) in enumerate(zip(text_rows, unit_lengths, strict=True)):
         text_pos, unit_pos = interleaved_positions(rows.shape[0], unit_length, text_span, speech_span, device)
         inputs_embeds[turn, text_pos] = rows.to(inputs_embeds.dtype)
         inputs_embeds[turn, unit_pos] = unit_embeddings[turn, :unit_length]

@@ -16,6 +16,7 @@ import math
 import torch
 from torch import Tensor, nn
 
+
 __all__ = ["BlockConformerEncoder", "FeedForward", "block_causal_mask", "relative_position_table"]
 
 

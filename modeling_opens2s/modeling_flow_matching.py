@@ -37,6 +37,7 @@ from torch import Tensor, nn
 
 from .modeling_flow_encoder import BlockConformerEncoder, FeedForward
 
+
 __all__ = [
     "ConditionalDecoder",
     "FlowDecoder",

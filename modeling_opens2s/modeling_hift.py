@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers.utils import ModelOutput
 
+
 __all__ = ["HiFTOutput", "HiFTVocoder", "hift_state_dict_from_original"]
 
 # Convolutions of the f0 predictor (fixed in the original `ConvRNNF0Predictor`).

@@ -7,6 +7,7 @@ normalised, condition a second Qwen3 LM (the speech decoder) that writes speech 
 
 import copy
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
@@ -20,6 +21,9 @@ from .interleave_opens2s import IGNORE_INDEX, build_interleaved_rows, find_speec
 from .streaming_opens2s import speech_generation_config_of
 from .streaming_opens2s import stream as stream_events
 
+
+if TYPE_CHECKING:
+    from .modeling_token2wav import OpenS2SToken2Wav
 
 __all__ = [
     "OpenS2SAudioAdapter",
@@ -46,7 +50,7 @@ class OpenS2SOutput(ModelOutput):
         text_loss (`torch.FloatTensor` of shape `()`, *optional*): LLM next-token cross-entropy.
         speech_loss (`torch.FloatTensor` of shape `()`, *optional*): speech decoder next-unit cross-entropy.
         logits (`torch.FloatTensor` of shape `(batch_size, sequence_length, text_vocab_size)`): LLM logits.
-        speech_logits (`torch.FloatTensor` of shape `(num_speech_turns, speech_length, speech_vocab_size)`, *optional*):
+        speech_logits (`torch.FloatTensor` of shape `(num_speech_turns, speech_length, speech_vocab)`, *optional*):
             Speech decoder logits, one row per assistant speech turn in the interleaved layout, speaker slot first.
         speech_attention_mask (`torch.LongTensor` of shape `(num_speech_turns, speech_length)`, *optional*):
             1 on the filled positions of `speech_logits` rows.
@@ -100,7 +104,9 @@ class OpenS2SAudioAdapter(nn.Module):
         self.activation = nn.GELU()
         self.ln = nn.LayerNorm(llm_dim, eps=1e-5)
 
-    def forward(self, encoder_states: torch.Tensor, encoder_lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(
+        self, encoder_states: torch.Tensor, encoder_lengths: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """`(num_audios, frames, encoder_dim)` -> `(num_audios, frames / 2**num_convs, llm_dim)` and valid lengths."""
         hidden = encoder_states.transpose(1, 2)
         for conv in self.conv_layers:
@@ -331,7 +337,9 @@ class OpenS2SForConditionalGeneration(OpenS2SPreTrainedModel, GenerationMixin):
             self.config.text_span,
             self.config.speech_span,
         )
-        logits = self.speech_decoder(inputs_embeds=inputs_embeds, attention_mask=attention_mask, use_cache=False).logits
+        logits = self.speech_decoder(
+            inputs_embeds=inputs_embeds, attention_mask=attention_mask, use_cache=False
+        ).logits
         return logits, attention_mask, labels
 
     # ---------------------------------------------------------------- forward
@@ -447,7 +455,10 @@ class OpenS2SForConditionalGeneration(OpenS2SPreTrainedModel, GenerationMixin):
 
         if not isinstance(token2wav, OpenS2SToken2Wav):
             if token2wav is None:
-                source, from_pretrained_kwargs = self.name_or_path, {"subfolder": TOKEN2WAV_SUBFOLDER} | from_pretrained_kwargs
+                source, from_pretrained_kwargs = (
+                    self.name_or_path,
+                    {"subfolder": TOKEN2WAV_SUBFOLDER} | from_pretrained_kwargs,
+                )
             else:
                 source = token2wav
             token2wav = OpenS2SToken2Wav.from_pretrained(source, **from_pretrained_kwargs)

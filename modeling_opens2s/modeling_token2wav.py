@@ -1,4 +1,4 @@
-"""token2wav: speech units -> 22.05 kHz waveform (GLM-4-Voice's decoder: flow matching + HiFT), offline and streaming."""
+"""token2wav: speech units -> 22.05 kHz waveform (GLM-4-Voice's decoder: flow matching + HiFT), offline, streamed."""
 
 from dataclasses import dataclass
 
@@ -108,7 +108,9 @@ class OpenS2SToken2Wav(PreTrainedModel):
         if units.dim() == 1:
             units = units[None]
         if units.dim() != 2 or units.shape[1] == 0:
-            raise ValueError(f"units must be a non-empty (batch_size, num_units) sequence, got shape {tuple(units.shape)}")
+            raise ValueError(
+                f"units must be a non-empty (batch_size, num_units) sequence, got shape {tuple(units.shape)}"
+            )
         if units.min() < 0 or units.max() >= self.config.vocab_size:
             # The original clamps negative ids to 0, which hides a speech EOS leaking into the units; we refuse.
             raise ValueError(
@@ -152,7 +154,10 @@ class OpenS2SToken2Wav(PreTrainedModel):
             generator = torch.Generator(device=self.device)
             generator.seed()
         flow_output = self.flow.inference(
-            units, prompt_tokens=prompt_units, prompt_mel=prompt_mel, speaker_embedding=speaker_embedding,
+            units,
+            prompt_tokens=prompt_units,
+            prompt_mel=prompt_mel,
+            speaker_embedding=speaker_embedding,
             generator=generator,
         )
         vocoder_output = self.vocoder(flow_output.mel, generator=generator)

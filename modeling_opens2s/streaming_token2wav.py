@@ -236,9 +236,7 @@ class BlockStream:
         missing = last_frame - self.noise.shape[-1]
         if missing > 0:
             # Frame-major draws: frame f gets the same noise whatever the chunking.
-            draw = torch.randn(
-                (missing, self.noise.shape[1]), generator=self.flow_generator, device=self.noise.device
-            )
+            draw = torch.randn((missing, self.noise.shape[1]), generator=self.flow_generator, device=self.noise.device)
             self.noise = torch.cat([self.noise, draw.T[None]], dim=-1)
         return self.noise[..., first_frame:last_frame].to(self.model.dtype)
 

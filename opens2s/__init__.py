@@ -25,9 +25,9 @@ _import_structure = {
 if TYPE_CHECKING:
     from .modeling_opens2s.configuration_opens2s import OpenS2SConfig
     from .modeling_opens2s.convert_original_opens2s import convert_original_checkpoint
+    from .modeling_opens2s.convert_original_token2wav import convert_original_token2wav
     from .modeling_opens2s.feature_extraction_opens2s import OpenS2SFeatureExtractor
     from .modeling_opens2s.modeling_opens2s import OpenS2SForConditionalGeneration, OpenS2SOutput
-    from .modeling_opens2s.convert_original_token2wav import convert_original_token2wav
     from .modeling_opens2s.modeling_speech_tokenizer import OpenS2SSpeechTokenizer
     from .modeling_opens2s.modeling_token2wav import OpenS2SToken2Wav
     from .modeling_opens2s.processing_opens2s import OpenS2SProcessor

@@ -60,8 +60,9 @@ def load_speech_model(
     elif _has_token2wav(name_or_path):
         model.attach_token2wav(dtype=token2wav_dtype)
     else:
-        logger.warning("%s has no %s/ decoder: the reply will be text and speech units only", name_or_path,
-                       TOKEN2WAV_SUBFOLDER)
+        logger.warning(
+            "%s has no %s/ decoder: the reply will be text and speech units only", name_or_path, TOKEN2WAV_SUBFOLDER
+        )
     return SpeechModel(model, processor, is_tiny)
 
 
@@ -75,7 +76,8 @@ def _has_token2wav(name_or_path: str | Path) -> bool:
 
 
 def spoken_turn_inputs(processor, audio: str | Path, system_prompt: str | None = None) -> dict:
-    """Processor inputs for one user turn made of one audio file (read with soundfile, downmixed, resampled to the feature extractor rate)."""
+    """Processor inputs for one user turn made of one audio file (read with soundfile, downmixed to mono and
+    resampled to the feature extractor's rate)."""
     waveform = load_audio(audio, sampling_rate=processor.feature_extractor.sampling_rate)
     messages = [{"role": "user", "content": [{"type": "audio", "audio": waveform}]}]
     if system_prompt is not None:

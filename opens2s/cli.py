@@ -4,6 +4,7 @@
     opens2s convert SRC DST [--max-shard-size 5GB] [--unit-tokenizer-base ID] [--num-units 16384] [--token2wav DIR]
     opens2s convert-token2wav SRC DST
     opens2s tiny [DST] [--seed 0]
+    opens2s train --stage STAGE --model ID_OR_FOLDER --data DATA [--lora] [-- TRAINING_ARGS...]
     opens2s units IN... --out units.jsonl [--model ID_OR_FOLDER] [--batch-size 16] [--device cpu] [--dtype float32]
 
 Every subcommand is one [`Command`] entry in `COMMANDS`: a function that adds its arguments to an argparse parser
@@ -248,6 +249,35 @@ def _run_units(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_train_arguments(parser: argparse.ArgumentParser) -> None:
+    from .training.stages import STAGE_PRESETS
+
+    stages = "; ".join(f"{name}: paper stage {preset.paper_stage}" for name, preset in STAGE_PRESETS.items())
+    parser.add_argument("--stage", required=True, choices=list(STAGE_PRESETS), help=f"training stage ({stages})")
+    parser.add_argument("--model", required=True, help="OpenS2S folder or Hub id to start from")
+    parser.add_argument(
+        "--data", required=True, help="jsonl in the original format, a datasets folder, or a Hub dataset id"
+    )
+    parser.add_argument("--lora", action="store_true", help="train LoRA adapters on the LLM (stages that train it)")
+    parser.add_argument(
+        "training_args",
+        nargs=argparse.REMAINDER,
+        metavar="-- ARGS",
+        help="after `--`: arguments of the training script (--output_dir, --max_steps, --bf16, --audio_root, ...; "
+        "python -m opens2s.training.train --help lists them)",
+    )
+
+
+def _run_train(args: argparse.Namespace) -> int:
+    from .training.train import main as train_main
+
+    extra = args.training_args[1:] if args.training_args[:1] == ["--"] else args.training_args
+    argv = ["--stage", args.stage, "--model_name_or_path", args.model, "--dataset_name", args.data]
+    # Like `opens2s chat`: an OpenS2S folder runs its own remote code (model, processor).
+    argv += ["--trust_remote_code", "True"] + (["--lora", "True"] if args.lora else []) + extra
+    return train_main(argv)
+
+
 COMMANDS: dict[str, Command] = {
     "chat": Command(
         "one spoken turn: stream the text reply, write the spoken reply, print latency and real-time factor",
@@ -268,6 +298,11 @@ COMMANDS: dict[str, Command] = {
         "build the tiny random OpenS2S model (for tests and demos) and print its path",
         _add_tiny_arguments,
         _run_tiny,
+    ),
+    "train": Command(
+        "train one OpenS2S stage (paper section 2.2) with the Trainer/TRL API; multi-GPU: accelerate launch",
+        _add_train_arguments,
+        _run_train,
     ),
     "units": Command(
         "speech units (GLM-4-Voice tokenizer, 12.5 Hz) of audio files, written as jsonl",

@@ -41,7 +41,9 @@ def test_too_long_audio_is_refused_with_the_limit():
         extractor(np.zeros(16000 * 41, np.float32), sampling_rate=16000)
 
 
-@pytest.mark.parametrize("layout", [pytest.param("channels_first", id="(2, n)"), pytest.param("channels_last", id="(n, 2)")])
+@pytest.mark.parametrize(
+    "layout", [pytest.param("channels_first", id="(2, n)"), pytest.param("channels_last", id="(n, 2)")]
+)
 def test_stereo_is_downmixed(extractor, layout):
     left, right = tone(1.0), tone(1.0, freq=220.0)
     stereo = np.stack([left, right]) if layout == "channels_first" else np.stack([left, right], axis=1)
@@ -56,7 +58,9 @@ def test_other_rates_are_resampled(extractor, rate):
     converted = extractor(tone(1.5, rate=rate), sampling_rate=rate)
     assert converted["attention_mask"].sum() == reference["attention_mask"].sum() == 150
     # Same tone, same frames: the log-mel of the valid frames agrees closely away from the edges.
-    np.testing.assert_allclose(converted["input_features"][0, :, 5:145], reference["input_features"][0, :, 5:145], atol=0.05)
+    np.testing.assert_allclose(
+        converted["input_features"][0, :, 5:145], reference["input_features"][0, :, 5:145], atol=0.05
+    )
 
 
 def test_resample_keeps_a_band_limited_tone():

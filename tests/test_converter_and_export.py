@@ -11,10 +11,9 @@ import torch
 from safetensors.torch import load_file, save_file
 from transformers import AutoProcessor
 
+from fixture_sets import reference_sets, requires_reference
 from opens2s.modeling_opens2s.convert_original_opens2s import convert_original_checkpoint
 from opens2s.training import OpenS2SDataCollator, load_original_jsonl
-
-from fixture_sets import reference_sets, requires_reference
 
 
 @pytest.fixture(scope="module")
@@ -27,7 +26,9 @@ def original_folder():
 
 @pytest.fixture(scope="module")
 def converted(original_folder, tmp_path_factory):
-    return convert_original_checkpoint(original_folder, tmp_path_factory.mktemp("conv") / "model", max_shard_size=400_000)
+    return convert_original_checkpoint(
+        original_folder, tmp_path_factory.mktemp("conv") / "model", max_shard_size=400_000
+    )
 
 
 def copy_original(folder, destination):
@@ -42,7 +43,9 @@ def test_conversion_shards_and_keeps_every_tensor(original_folder, converted):
     original = load_file(original_folder / "model.safetensors")
     assert len(index["weight_map"]) == len(original)
     shard = load_file(converted / index["weight_map"]["language_model.lm_head.weight"])
-    torch.testing.assert_close(shard["language_model.lm_head.weight"], original["llm_model.lm_head.weight"], atol=0, rtol=0)
+    torch.testing.assert_close(
+        shard["language_model.lm_head.weight"], original["llm_model.lm_head.weight"], atol=0, rtol=0
+    )
 
 
 @requires_reference
@@ -99,7 +102,11 @@ def test_processor_round_trip(converted, tmp_path):
     assert reloaded.feature_extractor.to_dict() == processor.feature_extractor.to_dict()
     assert reloaded.tokenizer.get_vocab() == processor.tokenizer.get_vocab()
     assert reloaded.unit_tokenizer.get_vocab() == processor.unit_tokenizer.get_vocab()
-    assert processor.ids_to_units(processor.units_to_ids([0, 5, processor.num_units - 1])) == [0, 5, processor.num_units - 1]
+    assert processor.ids_to_units(processor.units_to_ids([0, 5, processor.num_units - 1])) == [
+        0,
+        5,
+        processor.num_units - 1,
+    ]
     with pytest.raises(ValueError, match="speech units must be in"):
         processor.units_to_ids([processor.num_units])
 
@@ -116,7 +123,11 @@ def test_jsonl_bad_rows_are_reported(original_folder, tmp_path, caplog):
     with caplog.at_level("WARNING"):
         dataset = load_original_jsonl(tmp_path / "data.jsonl")
     assert len(dataset) == 1
-    assert "skipped 2 of 3 rows" in caplog.text and "1 missing audio file" in caplog.text and "1 invalid json" in caplog.text
+    assert (
+        "skipped 2 of 3 rows" in caplog.text
+        and "1 missing audio file" in caplog.text
+        and "1 invalid json" in caplog.text
+    )
 
 
 BLOCKED_IMPORT = textwrap.dedent(

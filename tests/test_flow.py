@@ -10,36 +10,19 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from opens2s.modeling_opens2s.modeling_flow_encoder import BlockConformerEncoder
-from opens2s.modeling_opens2s.modeling_flow_matching import FlowDecoder, flow_state_dict_from_original
 from safetensors.torch import load_file
 
-from tests.fixture_sets import FIXTURES_DIR
+from fixture_sets import requires_token2wav, token2wav_sets
+from opens2s.modeling_opens2s.modeling_flow_encoder import BlockConformerEncoder
+from opens2s.modeling_opens2s.modeling_flow_matching import FlowDecoder, flow_state_dict_from_original
+
 
 ENCODER_ATOL = 1e-5  # encoder_out, encoder_proj_out, mu, spks
 ODE_ATOL = 1e-4  # v_*, x_step*, mel_full
 NOISE_SEED = 42  # the original's torch.manual_seed(42) before every ODE
 
 
-def token2wav_sets() -> list:
-    folders = sorted(FIXTURES_DIR.glob("token2wav_*")) if FIXTURES_DIR.is_dir() else []
-    return [pytest.param(folder, id=folder.name) for folder in folders if (folder / "manifest.json").is_file()]
-
-
-requires_token2wav = pytest.mark.skipif(not token2wav_sets(), reason=f"no token2wav_* fixture sets in {FIXTURES_DIR}")
-
-
-@pytest.fixture(scope="module", autouse=True)
-def single_thread():
-    """Run this module on one intra-op thread (restored afterwards).
-
-    The tensors here are tiny: with 2 threads, synchronisation dominates and a busy neighbour core can stall a call
-    for seconds; one thread takes ~0.2 s per decoder call. Thread count only moves results by ~5e-6 (fixture README).
-    """
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def flow_kwargs(config: dict) -> dict:

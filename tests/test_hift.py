@@ -11,32 +11,17 @@ from pathlib import Path
 
 import pytest
 import torch
-from fixture_sets import FIXTURES_DIR
-from opens2s.modeling_opens2s.modeling_hift import HiFTVocoder, hift_state_dict_from_original
 from safetensors.torch import load_file
+
+from fixture_sets import recorded_calls, requires_token2wav, token2wav_sets
+from opens2s.modeling_opens2s.modeling_hift import HiFTVocoder, hift_state_dict_from_original
+
+
+pytestmark = pytest.mark.usefixtures("single_thread")
+
 
 F0_ATOL = 2e-3
 SOURCE_ATOL = SPEECH_ATOL = 1e-3
-
-
-def token2wav_sets() -> list:
-    """One `pytest.param` per `token2wav_*` fixture folder holding a manifest; empty when none is present."""
-    folders = sorted(FIXTURES_DIR.glob("token2wav_*")) if FIXTURES_DIR.is_dir() else []
-    return [pytest.param(folder, id=folder.name) for folder in folders if (folder / "manifest.json").is_file()]
-
-
-requires_token2wav = pytest.mark.skipif(not token2wav_sets(), reason=f"no token2wav_* fixture sets in {FIXTURES_DIR}")
-
-
-def recorded_calls(manifest: dict) -> list[tuple[str, dict]]:
-    """`(tensor prefix, call info)` per decoder call: a tag holds one call or a list of streaming calls `callK`."""
-    calls = []
-    for tag, info in manifest["calls"].items():
-        if isinstance(info, dict):
-            calls.append((tag, info))
-        else:
-            calls.extend((f"{tag}/call{k}", call) for k, call in enumerate(info))
-    return calls
 
 
 def call_params() -> list:
@@ -242,5 +227,3 @@ def test_tiny_runs_in_dtype_without_global_rng(dtype: torch.dtype):
     for tensor in output.values():
         assert tensor.dtype == dtype and torch.isfinite(tensor).all()
     assert output.waveform.abs().max() <= TINY["audio_limit"]
-
-

@@ -22,12 +22,24 @@ class OpenS2SModelTester:
         self.config = OpenS2SConfig(
             audio_config={"d_model": 16, "encoder_layers": 1, "encoder_attention_heads": 2, "encoder_ffn_dim": 32},
             text_config={
-                "vocab_size": 61, "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1,
-                "num_attention_heads": 2, "num_key_value_heads": 1, "head_dim": 16, "sliding_window": None,
+                "vocab_size": 61,
+                "hidden_size": 32,
+                "intermediate_size": 64,
+                "num_hidden_layers": 1,
+                "num_attention_heads": 2,
+                "num_key_value_heads": 1,
+                "head_dim": 16,
+                "sliding_window": None,
             },
             speech_decoder_config={
-                "vocab_size": 40, "hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1,
-                "num_attention_heads": 2, "num_key_value_heads": 1, "head_dim": 8, "sliding_window": None,
+                "vocab_size": 40,
+                "hidden_size": 16,
+                "intermediate_size": 32,
+                "num_hidden_layers": 1,
+                "num_attention_heads": 2,
+                "num_key_value_heads": 1,
+                "head_dim": 8,
+                "sliding_window": None,
             },
             adapter_inner_dim=24,
             text_span=text_span,
@@ -55,8 +67,12 @@ class OpenS2SModelTester:
         width = max(map(len, rows))
         input_ids = torch.tensor([row + [0] * (width - len(row)) for row in rows])
         attention_mask = torch.tensor([[1] * len(row) + [0] * (width - len(row)) for row in rows])
-        return {"input_ids": input_ids, "attention_mask": attention_mask, "input_features": features,
-                "feature_attention_mask": mask}
+        return {
+            "input_ids": input_ids,
+            "attention_mask": attention_mask,
+            "input_features": features,
+            "feature_attention_mask": mask,
+        }
 
 
 @pytest.fixture(scope="module")
@@ -204,8 +220,14 @@ def test_gradients_reach_every_trained_part(model, tester):
     try:
         output = model(**speech_batch(tester))
         output.loss.backward()
-        for name in ("audio_adapter.fc1.weight", "language_model.lm_head.weight", "speech_decoder.lm_head.weight",
-                     "hidden_projection.weight", "speaker_norm.bias", "audio_encoder.conv1.weight"):
+        for name in (
+            "audio_adapter.fc1.weight",
+            "language_model.lm_head.weight",
+            "speech_decoder.lm_head.weight",
+            "hidden_projection.weight",
+            "speaker_norm.bias",
+            "audio_encoder.conv1.weight",
+        ):
             assert model.get_parameter(name).grad is not None, name
     finally:
         model.zero_grad()

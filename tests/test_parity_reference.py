@@ -9,10 +9,9 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoModel, AutoProcessor
 
+from fixture_sets import collapse_audio, load_manifest, reference_sets, requires_reference
 from opens2s.modeling_opens2s.convert_original_opens2s import convert_original_checkpoint
 from opens2s.training import OpenS2SDataCollator, load_original_jsonl
-
-from fixture_sets import collapse_audio, load_manifest, reference_sets, requires_reference
 
 
 pytestmark = requires_reference
@@ -51,8 +50,16 @@ def test_batch_matches_original_collator(reference):
         ids = batch["input_ids"][row, :length].tolist()
         assert collapse_audio(ids, audio_id) == ref["batch.input_ids"][row, :ref_length].tolist()
         audio = [token == audio_id for token in ids]
-        labels = [label for label, is_audio in zip(batch["labels"][row, :length].tolist(), audio) if not is_audio]
-        spans = [span for span, is_audio in zip(batch["speech_span_mask"][row, :length].tolist(), audio) if not is_audio]
+        labels = [
+            label
+            for label, is_audio in zip(batch["labels"][row, :length].tolist(), audio, strict=True)
+            if not is_audio
+        ]
+        spans = [
+            span
+            for span, is_audio in zip(batch["speech_span_mask"][row, :length].tolist(), audio, strict=True)
+            if not is_audio
+        ]
         ref_ids = ref["batch.input_ids"][row, :ref_length]
         keep = ref_ids != -200
         assert labels == ref["batch.labels"][row, :ref_length][keep].tolist()
@@ -61,7 +68,9 @@ def test_batch_matches_original_collator(reference):
     assert torch.equal(batch["speech_units_mask"], ref["batch.speech_units_mask"])
     assert torch.equal(batch["feature_attention_mask"].long(), ref["batch.speech_mask"].long())
     torch.testing.assert_close(batch["input_features"], ref["batch.speech_values"], atol=ATOL, rtol=RTOL)
-    torch.testing.assert_close(batch["speaker_embeddings"], ref["batch.spk_embs"].reshape(len(batch["speech_units"]), -1))
+    torch.testing.assert_close(
+        batch["speaker_embeddings"], ref["batch.spk_embs"].reshape(len(batch["speech_units"]), -1)
+    )
 
 
 def test_audio_encoder_and_adapter(reference):
@@ -71,7 +80,7 @@ def test_audio_encoder_and_adapter(reference):
         adapted, adapted_lengths = model.get_audio_features(batch["input_features"], batch["feature_attention_mask"])
     assert torch.equal(lengths, ref["audio_encoder.output_lengths"])
     assert torch.equal(adapted_lengths, ref["adapter.lengths"])
-    for audio, (length, adapted_length) in enumerate(zip(lengths.tolist(), adapted_lengths.tolist())):
+    for audio, (length, adapted_length) in enumerate(zip(lengths.tolist(), adapted_lengths.tolist(), strict=True)):
         torch.testing.assert_close(
             states[audio, :length], ref["audio_encoder.last_hidden_state"][audio, :length], atol=ATOL, rtol=RTOL
         )
@@ -107,7 +116,12 @@ def test_losses(reference):
 
 
 def test_generation_prompt_matches_original_worker(reference):
-    folder, processor, manifest, ref = reference["folder"], reference["processor"], reference["manifest"], reference["ref"]
+    folder, processor, manifest, ref = (
+        reference["folder"],
+        reference["processor"],
+        reference["manifest"],
+        reference["ref"],
+    )
     generation = manifest["generation"]
     content = [{"type": "audio", "path": str(folder / path)} for path in generation["audio_paths"]]
     messages = [{"role": "user", "content": content}]

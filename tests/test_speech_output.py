@@ -9,12 +9,14 @@ import numpy as np
 import pytest
 import soundfile
 import torch
-from transformers import AutoModel, AutoProcessor, GenerationConfig
+from transformers import AutoModel, GenerationConfig
 
 from opens2s import EXAMPLE_WAV
 from opens2s.chat import load_speech_model, spoken_turn_inputs
 from opens2s.cli import main
 
+
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 TEXT_BUDGET, UNIT_BUDGET = 6, 45
 
@@ -55,7 +57,11 @@ def test_stream_speaks_every_unit(speech_model):
     model, processor = speech_model.model, speech_model.processor
     assert speech_model.speaks
     inputs = spoken_turn_inputs(processor, EXAMPLE_WAV)
-    out = collect(model.stream(**inputs, processor=processor, token2wav_generator=torch.Generator().manual_seed(0), **budgets(model)))
+    out = collect(
+        model.stream(
+            **inputs, processor=processor, token2wav_generator=torch.Generator().manual_seed(0), **budgets(model)
+        )
+    )
     token2wav = model.token2wav
     assert len(out["units"]) == UNIT_BUDGET
     samples = sum(chunk.shape[0] for chunk in out["audio"])
@@ -83,7 +89,9 @@ def test_generate_returns_the_whole_answer(speech_model):
     model, processor = speech_model.model, speech_model.processor
     inputs = spoken_turn_inputs(processor, EXAMPLE_WAV)
     streamed = collect(
-        model.stream(**inputs, processor=processor, token2wav_generator=torch.Generator().manual_seed(1), **budgets(model))
+        model.stream(
+            **inputs, processor=processor, token2wav_generator=torch.Generator().manual_seed(1), **budgets(model)
+        )
     )
     output = model.generate(
         **inputs, processor=processor, token2wav_generator=torch.Generator().manual_seed(1), **budgets(model)
@@ -100,7 +108,9 @@ def test_generate_budget_overrides(speech_model):
     model, processor = speech_model.model, speech_model.processor
     inputs = spoken_turn_inputs(processor, EXAMPLE_WAV)
     configs = budgets(model)
-    output = model.generate(**inputs, processor=processor, token2wav=False, max_new_tokens=3, speech_max_new_tokens=11, **configs)
+    output = model.generate(
+        **inputs, processor=processor, token2wav=False, max_new_tokens=3, speech_max_new_tokens=11, **configs
+    )
     assert output.sequences.shape[1] == inputs["input_ids"].shape[1] + 3
     assert output.unit_sequences.shape == (1, 11)
     assert output.audio_values is None and output.sampling_rate is None

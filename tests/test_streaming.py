@@ -9,14 +9,16 @@ import importlib
 
 import pytest
 import torch
+from safetensors.torch import load_file
+from transformers import AutoModel, AutoProcessor, GenerationConfig
+
 from fixture_sets import FIXTURES_DIR, collapse_audio, load_manifest, reference_sets
 from opens2s.modeling_opens2s.convert_original_opens2s import (
     SPEECH_GENERATION_CONFIG_NAME,
     convert_original_checkpoint,
 )
 from opens2s.modeling_opens2s.streaming_opens2s import IncrementalDetokenizer, unit_token_range
-from safetensors.torch import load_file
-from transformers import AutoModel, AutoProcessor, GenerationConfig
+
 
 REFERENCE_A = FIXTURES_DIR / "reference_a"
 pytestmark = pytest.mark.skipif(not (REFERENCE_A / "manifest.json").is_file(), reason=f"{REFERENCE_A} is missing")

@@ -17,6 +17,9 @@ from opens2s.modeling_opens2s.modeling_token2wav import OpenS2SToken2Wav
 from opens2s.tiny import build_tiny_token2wav_config
 
 
+pytestmark = pytest.mark.usefixtures("single_thread")
+
+
 MEL_ATOL = 1e-4
 SPEECH_ATOL = 1e-3
 ORIGINAL_SEED = 42
@@ -79,7 +82,9 @@ def test_synthesize_matches_the_original(converted, folder, prefix):
             generator=torch.Generator().manual_seed(ORIGINAL_SEED),
         )
     prompt_frames = manifest["calls"][prefix]["prompt_feat_len"]
-    torch.testing.assert_close(output.mel, tensors[f"{prefix}/flow/mel_full"][..., prompt_frames:], atol=MEL_ATOL, rtol=0)
+    torch.testing.assert_close(
+        output.mel, tensors[f"{prefix}/flow/mel_full"][..., prompt_frames:], atol=MEL_ATOL, rtol=0
+    )
     assert output.waveform.shape == tensors[f"{prefix}/speech"].shape
     torch.testing.assert_close(output.waveform, tensors[f"{prefix}/speech"], atol=SPEECH_ATOL, rtol=0)
 
@@ -133,7 +138,7 @@ def test_converter_rejects_incomplete_folders(folder, tmp_path):
 
 # ------------------------------------------------------------------------------------------------ block streaming
 def tiny_token2wav(**overrides) -> OpenS2SToken2Wav:
-    """The tiny default decoder; 4 ODE steps instead of 10 keep these schedule tests fast (the schedule is the same)."""
+    """The tiny default decoder; 4 ODE steps instead of 10 keep these schedule tests fast (same schedule)."""
     config = build_tiny_token2wav_config()
     config.update({"num_timesteps": 4, **overrides})
     with torch.random.fork_rng(devices=[]):
@@ -260,8 +265,9 @@ def test_convert_token2wav_cli_and_remote_code(folder, tmp_path):
 def test_opens2s_folder_carries_its_token2wav(folder, tmp_path):
     """`convert --token2wav` puts the decoder in DST/token2wav; `attach_token2wav()` finds it; mismatched unit
     vocabularies are refused."""
-    from fixture_sets import reference_sets
     from transformers import AutoModel
+
+    from fixture_sets import reference_sets
 
     references = reference_sets()
     if not references:
