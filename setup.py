@@ -26,7 +26,7 @@ setup(
     python_requires=">=3.10",
     packages=["opens2s"] + [f"opens2s.{name}" for name in SUBPACKAGES],
     package_dir={"opens2s": "opens2s", **{f"opens2s.{name}": name for name in SUBPACKAGES}},
-    package_data={"opens2s": ["assets/*.wav"]},
+    package_data={"opens2s": ["assets/*.wav"], "opens2s.training": ["accelerate_configs/*.yaml"]},
     install_requires=[
         "torch>=2.4",
         "transformers>=5.0",

@@ -13,9 +13,13 @@ the preset up by name in [`STAGE_PRESETS`] and applies it with [`apply_stage`]; 
 """
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from torch import nn
 from transformers.utils import logging
+
+
+if TYPE_CHECKING:  # torch is not imported at module level: the opens2s CLI reads the presets for --help
+    from torch import nn
 
 
 __all__ = [
@@ -111,7 +115,7 @@ def get_stage(name: str) -> StagePreset:
     return STAGE_PRESETS[name]
 
 
-def apply_stage(model: nn.Module, preset: StagePreset) -> nn.Module:
+def apply_stage(model: "nn.Module", preset: StagePreset) -> "nn.Module":
     """Freeze every parameter of `model` outside `preset.trainable`, unfreeze the rest, and return the module the
     trainer trains: `model` itself, or its `preset.model_part` child (the speech decoder in stage 2a).
 
@@ -133,7 +137,7 @@ def apply_stage(model: nn.Module, preset: StagePreset) -> nn.Module:
     return children[preset.model_part] if preset.model_part else model
 
 
-def trainable_parts(model: nn.Module) -> dict[str, tuple[int, int]]:
+def trainable_parts(model: "nn.Module") -> dict[str, tuple[int, int]]:
     """`{child name: (trainable parameters, all parameters)}` for every top-level child of `model`."""
     return {
         name: (
