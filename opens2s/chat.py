@@ -99,5 +99,6 @@ def stream_reply(
     inputs = spoken_turn_inputs(processor, audio, system_prompt)
     if seed is not None:
         stream_kwargs.setdefault("generator", torch.Generator(device=model.device).manual_seed(seed))
-        stream_kwargs.setdefault("token2wav_generator", torch.Generator().manual_seed(seed))
+        if stream_kwargs.get("token2wav_mode", "blocks") == "blocks":  # the original schedule reseeds 42 itself
+            stream_kwargs.setdefault("token2wav_generator", torch.Generator().manual_seed(seed))
     return model.stream(**inputs, processor=processor, **stream_kwargs)

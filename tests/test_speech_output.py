@@ -117,11 +117,11 @@ def test_generate_budget_overrides(speech_model):
     assert configs["generation_config"].max_new_tokens == TEXT_BUDGET, "the caller's config must not be modified"
 
 
-def test_chat_cli_writes_the_reply_and_reports_latency(tiny_model_dir, tmp_path, capsys):
+@pytest.mark.parametrize("mode", ["blocks", "original"])
+def test_chat_cli_writes_the_reply_and_reports_latency(tiny_model_dir, tmp_path, capsys, mode):
     out = tmp_path / "reply.wav"
-    status = main(
-        ["chat", "--model", str(tiny_model_dir), "--out", str(out), "--max-new-tokens", "5", "--max-units", "30"]
-    )
+    argv = ["chat", "--model", str(tiny_model_dir), "--out", str(out), "--max-new-tokens", "5", "--max-units", "30"]
+    status = main(argv + ["--mode", mode])
     assert status == 0
     printed = capsys.readouterr().out
     assert "Reply:" in printed and "first audio:" in printed and "real-time factor" in printed
