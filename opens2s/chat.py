@@ -1,9 +1,10 @@
 """Loading a speech-to-speech model and running one spoken turn: shared by the `opens2s chat` CLI, the Space and
 the benchmarks."""
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
+import numpy as np
 import torch
 from transformers import AutoModel, AutoProcessor
 from transformers.utils import logging
@@ -11,7 +12,14 @@ from transformers.utils import logging
 from .processing.audio_io import load_audio
 
 
-__all__ = ["DTYPES", "SpeechModel", "load_speech_model", "spoken_turn_inputs", "stream_reply"]
+__all__ = [
+    "DTYPES",
+    "SpeechModel",
+    "conversation_inputs",
+    "load_speech_model",
+    "spoken_turn_inputs",
+    "stream_reply",
+]
 
 logger = logging.get_logger(__name__)
 
@@ -87,16 +95,54 @@ def spoken_turn_inputs(processor, audio: str | Path, system_prompt: str | None =
     )
 
 
+def conversation_inputs(
+    processor,
+    history: Sequence[tuple[str | Path | np.ndarray, str]],
+    audio: str | Path | np.ndarray,
+    system_prompt: str | None = None,
+) -> dict:
+    """Processor inputs for a spoken conversation: the earlier turns, then the new spoken question.
+
+    Args:
+        processor ([`OpenS2SProcessor`]): gives the chat template and the feature extractor's rate.
+        history (`Sequence[tuple]`): earlier turns, oldest first, as `(question, reply_text)`; the question is an
+            audio file or a mono float32 waveform of shape `(num_samples,)` at the feature extractor's rate (16 kHz),
+            the reply is the assistant's text (earlier spoken replies are fed back as their text, as in training).
+        audio (`str`, `Path` or `np.ndarray`): the new question, same forms as a history question.
+        system_prompt (`str`, *optional*): replaces the template's default system turn.
+
+    With an empty history this is [`spoken_turn_inputs`].
+    """
+    sampling_rate = processor.feature_extractor.sampling_rate
+
+    def audio_item(question) -> dict:
+        waveform = question if isinstance(question, np.ndarray) else load_audio(question, sampling_rate=sampling_rate)
+        return {"type": "audio", "audio": waveform}
+
+    messages = []
+    if system_prompt is not None:
+        messages.append({"role": "system", "content": [{"type": "text", "text": system_prompt}]})
+    for question, reply in history:
+        messages.append({"role": "user", "content": [audio_item(question)]})
+        messages.append({"role": "assistant", "content": [{"type": "text", "text": reply}]})
+    messages.append({"role": "user", "content": [audio_item(audio)]})
+    return processor.apply_chat_template(
+        messages, add_generation_prompt=True, tokenize=True, return_dict=True, return_tensors="pt"
+    )
+
+
 def stream_reply(
     speech_model: SpeechModel,
-    audio: str | Path,
+    audio: str | Path | np.ndarray,
     seed: int | None = None,
     system_prompt: str | None = None,
+    history: Sequence[tuple[str | Path | np.ndarray, str]] = (),
     **stream_kwargs,
 ) -> Iterator:
-    """The events of `model.stream` for one spoken question (`seed` makes sampling and the voice reproducible)."""
+    """The events of `model.stream` for one spoken question (`seed` makes sampling and the voice reproducible);
+    `history` holds the earlier `(question, reply_text)` turns of a conversation (see [`conversation_inputs`])."""
     model, processor = speech_model.model, speech_model.processor
-    inputs = spoken_turn_inputs(processor, audio, system_prompt)
+    inputs = conversation_inputs(processor, history, audio, system_prompt)
     if seed is not None:
         stream_kwargs.setdefault("generator", torch.Generator(device=model.device).manual_seed(seed))
         if stream_kwargs.get("token2wav_mode", "blocks") == "blocks":  # the original schedule reseeds 42 itself
