@@ -287,3 +287,16 @@ def test_opens2s_folder_carries_its_token2wav(folder, tmp_path):
     (small / "config.yaml").write_text(yaml_text.replace(vocab_line, vocab_line.split(":")[0] + ": 2"))
     with pytest.raises(ValueError, match="do not belong together"):
         convert_original_checkpoint(references[0].values[0], tmp_path / "model2", token2wav=small)
+
+
+@pytest.mark.parametrize("mode", ["blocks", "original"])
+def test_bfloat16_weights_stream_finite_audio_of_the_right_length(mode):
+    """Under bf16 weights the ODE state and the vocoder's phases stay float32; the audio is finite and complete."""
+    model = tiny_token2wav(num_timesteps=2).to(torch.bfloat16)
+    units = random_units(30, model.config.vocab_size)
+    session = model.start_stream(mode=mode)
+    with torch.inference_mode():
+        pieces = [session.push(units[start : start + 5]) for start in range(0, len(units), 5)] + [session.finish()]
+    waveform = torch.cat(pieces, dim=-1).float()
+    assert torch.isfinite(waveform).all() and waveform.abs().max() > 0
+    assert waveform.shape[-1] == model.flow.num_frames(len(units)) * model.config.hop_length
