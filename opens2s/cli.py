@@ -3,6 +3,7 @@
     opens2s chat [--audio WAV] [--out reply.wav] [--model ID_OR_FOLDER] [--device cuda] [--dtype bfloat16]
     opens2s convert SRC DST [--max-shard-size 5GB] [--unit-tokenizer-base ID] [--num-units 16384] [--token2wav DIR]
     opens2s convert-token2wav SRC DST
+    opens2s space [--model ID_OR_FOLDER] [--port 7860] [--max-units 40] [--concurrency-limit 2]
     opens2s tiny [DST] [--seed 0]
     opens2s train --stage STAGE --model ID_OR_FOLDER --data DATA [--lora] [-- TRAINING_ARGS...]
     opens2s units IN... --out units.jsonl [--model ID_OR_FOLDER] [--batch-size 16] [--device cpu] [--dtype float32]
@@ -278,6 +279,18 @@ def _run_train(args: argparse.Namespace) -> int:
     return train_main(argv)
 
 
+def _add_space_arguments(parser: argparse.ArgumentParser) -> None:
+    from .spaces_app import add_arguments  # argparse only: gradio is imported by `run`
+
+    add_arguments(parser)
+
+
+def _run_space(args: argparse.Namespace) -> int:
+    from .spaces_app.app import run
+
+    return run(args)
+
+
 COMMANDS: dict[str, Command] = {
     "chat": Command(
         "one spoken turn: stream the text reply, write the spoken reply, print latency and real-time factor",
@@ -293,6 +306,11 @@ COMMANDS: dict[str, Command] = {
         "convert the original GLM-4-Voice speech decoder (flow + HiFT) into a safetensors token2wav folder",
         _add_convert_token2wav_arguments,
         _run_convert_token2wav,
+    ),
+    "space": Command(
+        "serve the Gradio app (also a ready Hugging Face Space): ask by voice, streaming text and speech answers",
+        _add_space_arguments,
+        _run_space,
     ),
     "tiny": Command(
         "build the tiny random OpenS2S model (for tests and demos) and print its path",
