@@ -3,6 +3,7 @@
     opens2s chat [--audio WAV] [--out reply.wav] [--model ID_OR_FOLDER] [--device cuda] [--dtype bfloat16]
     opens2s convert SRC DST [--max-shard-size 5GB] [--unit-tokenizer-base ID] [--num-units 16384] [--token2wav DIR]
     opens2s convert-token2wav SRC DST
+    opens2s data STAGE|all|status --workdir DIR [--seed-data SEEDS] [--llm openai --llm-model NAME] [--tts espeak] ...
     opens2s space [--model ID_OR_FOLDER] [--port 7860] [--max-units 40] [--concurrency-limit 2]
     opens2s tiny [DST] [--seed 0]
     opens2s train --stage STAGE --model ID_OR_FOLDER --data DATA [--lora] [-- TRAINING_ARGS...]
@@ -279,6 +280,18 @@ def _run_train(args: argparse.Namespace) -> int:
     return train_main(argv)
 
 
+def _add_data_arguments(parser: argparse.ArgumentParser) -> None:
+    from .dataset_scripts.cli import add_arguments  # standard library only: the pipeline loads in `run`
+
+    add_arguments(parser)
+
+
+def _run_data(args: argparse.Namespace) -> int:
+    from .dataset_scripts.cli import run
+
+    return run(args)
+
+
 def _add_space_arguments(parser: argparse.ArgumentParser) -> None:
     from .spaces_app import add_arguments  # argparse only: gradio is imported by `run`
 
@@ -306,6 +319,11 @@ COMMANDS: dict[str, Command] = {
         "convert the original GLM-4-Voice speech decoder (flow + HiFT) into a safetensors token2wav folder",
         _add_convert_token2wav_arguments,
         _run_convert_token2wav,
+    ),
+    "data": Command(
+        "build empathetic speech dialogues (paper section 3.2): seed audio -> LLM -> TTS -> speech units, resumable",
+        _add_data_arguments,
+        _run_data,
     ),
     "space": Command(
         "serve the Gradio app (also a ready Hugging Face Space): ask by voice, streaming text and speech answers",
