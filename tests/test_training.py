@@ -170,6 +170,8 @@ STAGE_CASES = [
 @pytest.mark.parametrize(("stage", "overrides", "trained_losses"), STAGE_CASES)
 def test_stage_learns_its_batch_and_freezes_the_rest(tester, tmp_path, stage, overrides, trained_losses):
     trainer = tester.trainer(stage, tmp_path / "out", **overrides)
+    # No TRL text-only preparation: the rows reach the collator as they were loaded.
+    assert set(trainer.train_dataset.column_names) <= {"messages", "text", "speech_units"}
     model = trainer.opens2s_model
     before = snapshot(model)
     trainer.train()
@@ -406,6 +408,13 @@ def test_datasets_with_an_audio_column(tester, tmp_path, caplog):
     assert len(dataset) == 2 and "skipped 1 of 3 rows (1 unreadable audio file)" in caplog.text
     batch = OpenS2SDataCollator(tester.processor)([dataset[0], dataset[1]])
     assert batch["input_features"].shape[0] == 2 and batch["speech_units"].shape[0] == 2
+    # A local folder of data files (`datasets.load_dataset`), conversations with paths relative to it.
+    (tmp_path / "files").mkdir()
+    soundfile.write(tmp_path / "files" / "q.wav", np.zeros(8000, dtype=np.float32), 16000)
+    row = tester.conversation({"audio": "q.wav"}, {"text": "Your feelings are valid."})
+    (tmp_path / "files" / "train.jsonl").write_text(json.dumps(row) + "\n")
+    dataset = load_training_dataset(tmp_path / "files")
+    assert dataset[0]["messages"][0]["content"][0]["audio"] == str((tmp_path / "files" / "q.wav").resolve())
     units = load_training_dataset(table.select([0, 1]), row_format="text_to_units")
     assert units[1] == {"text": "That sounds really hard.", "speech_units": "<|audio_5|><|audio_6|>"}
 

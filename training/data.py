@@ -313,7 +313,8 @@ def load_training_dataset(
         data (`str`, `Path` or `datasets.Dataset`): a `.jsonl` / `.json` file in the original format, a folder saved
             with `save_to_disk`, a Hub dataset id or a local folder of data files (`datasets.load_dataset`), or a
             loaded `Dataset`.
-        audio_root (`str`, *optional*): folder that relative audio / speaker-embedding paths are relative to.
+        audio_root (`str`, *optional*): folder that relative audio / speaker-embedding paths are relative to
+            (default: the jsonl file's folder and its parent, a local dataset folder, else the working directory).
         num_units (`int`, *optional*): size of the unit codebook (`processor.num_units`); rows with units outside
             `[0, num_units)` are skipped. Not checked when `None`.
         row_format (`str`, *optional*, defaults to `"conversation"`): the stage's layout, `"conversation"` or
@@ -341,7 +342,10 @@ def load_training_dataset(
     for name, feature in dataset.features.items():
         if isinstance(feature, datasets.Audio) and feature.decode:
             dataset = dataset.cast_column(name, datasets.Audio(decode=False))
-    roots = [Path(audio_root)] if audio_root is not None else [Path.cwd()]
+    if audio_root is not None:
+        roots = [Path(audio_root)]
+    else:  # paths in a local dataset folder are relative to it; a Hub dataset should carry an `Audio` column
+        roots = [Path(data), Path.cwd()] if isinstance(data, (str, Path)) and Path(data).is_dir() else [Path.cwd()]
     return _checked_table(dataset, source, roots, num_units, row_format)
 
 
