@@ -29,6 +29,7 @@ from opens2s.training import (
     OpenS2STrainer,
     alignment_prompt,
     build_alignment_rows,
+    get_stage,
     load_training_dataset,
 )
 
@@ -119,9 +120,10 @@ class TrainingTester:
 
     def trainer(self, stage: str, output_dir: Path, rows: list[dict] | None = None, **overrides) -> OpenS2STrainer:
         model = AutoModel.from_pretrained(self.model_dir, trust_remote_code=True)
-        row_format = "text_to_units" if stage == "speech_pretrain_text" else "conversation"
         dataset = load_training_dataset(
-            self.write_jsonl(rows or self.rows(stage)), num_units=self.processor.num_units, row_format=row_format
+            self.write_jsonl(rows or self.rows(stage)),
+            num_units=self.processor.num_units,
+            row_format=get_stage(stage).row_format,
         )
         args = self.training_args(output_dir, stage, **overrides)
         return OpenS2STrainer(model, args=args, train_dataset=dataset, processing_class=self.processor)
