@@ -3,6 +3,7 @@
     opens2s chat [--audio WAV] [--out reply.wav] [--model ID_OR_FOLDER] [--device cuda] [--dtype bfloat16]
     opens2s convert SRC DST [--max-shard-size 5GB] [--unit-tokenizer-base ID] [--num-units 16384] [--token2wav DIR]
     opens2s convert-token2wav SRC DST
+    opens2s eval --out DIR [--benchmarks NAME...] [--model ID_OR_FOLDER] [--mode text|speech] [--judge-base-url URL]
     opens2s data STAGE|all|status --workdir DIR [--seed-data SEEDS] [--llm openai --llm-model NAME] [--tts espeak] ...
     opens2s space [--model ID_OR_FOLDER] [--port 7860] [--max-units 40] [--concurrency-limit 2]
     opens2s tiny [DST] [--seed 0]
@@ -292,6 +293,18 @@ def _run_data(args: argparse.Namespace) -> int:
     return run(args)
 
 
+def _add_eval_arguments(parser: argparse.ArgumentParser) -> None:
+    from .evaluation.command import add_eval_arguments  # argparse only: torch and datasets load in `run`
+
+    add_eval_arguments(parser)
+
+
+def _run_eval(args: argparse.Namespace) -> int:
+    from .evaluation.command import run_eval
+
+    return run_eval(args)
+
+
 def _add_space_arguments(parser: argparse.ArgumentParser) -> None:
     from .spaces_app import add_arguments  # argparse only: gradio is imported by `run`
 
@@ -324,6 +337,11 @@ COMMANDS: dict[str, Command] = {
         "build empathetic speech dialogues (paper section 3.2): seed audio -> LLM -> TTS -> speech units, resumable",
         _add_data_arguments,
         _run_data,
+    ),
+    "eval": Command(
+        "evaluate on VoiceBench and URO-Bench UnderEmotion (the paper's Table 2) with their judges; resumable",
+        _add_eval_arguments,
+        _run_eval,
     ),
     "space": Command(
         "serve the Gradio app (also a ready Hugging Face Space): ask by voice, streaming text and speech answers",
