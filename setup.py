@@ -13,7 +13,16 @@ extras = {
     "train": ["trl>=1.16", "peft>=0.21", "accelerate>=1.15", "datasets>=5.2"],
     "space": ["gradio>=6.31"],
     "data": ["datasets>=5.2"],
-    "test": ["pytest>=8", "datasets>=5.2", "trl>=1.16", "peft>=0.21", "accelerate>=1.15"],
+    "eval": ["datasets>=5.2", "jiwer>=4.0", "langdetect>=1.0.9"],
+    "test": [
+        "pytest>=8",
+        "datasets>=5.2",
+        "trl>=1.16",
+        "peft>=0.21",
+        "accelerate>=1.15",
+        "jiwer>=4.0",
+        "langdetect>=1.0.9",
+    ],
 }
 
 setup(
@@ -24,7 +33,7 @@ setup(
     long_description_content_type="text/markdown",
     license="Apache-2.0",
     python_requires=">=3.10",
-    packages=["opens2s"] + [f"opens2s.{name}" for name in SUBPACKAGES],
+    packages=["opens2s", "opens2s.evaluation"] + [f"opens2s.{name}" for name in SUBPACKAGES],
     package_dir={"opens2s": "opens2s", **{f"opens2s.{name}": name for name in SUBPACKAGES}},
     package_data={"opens2s": ["assets/*.wav"], "opens2s.training": ["accelerate_configs/*.yaml"]},
     install_requires=[
