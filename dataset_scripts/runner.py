@@ -274,7 +274,8 @@ class StageRunner:
                 batch = [self._embed(row, audio_columns) for row in rows[start : start + batch_size]]
                 writer.write_batch(pa.RecordBatch.from_pylist(batch, schema=schema))
         dataset = datasets.Dataset.from_file(str(arrow_path), info=datasets.DatasetInfo(features=features))
-        dataset.save_to_disk(str(folder / DATASET_DIR))
+        # One shard at least: `datasets` writes none for an empty table and then cannot load the folder.
+        dataset.save_to_disk(str(folder / DATASET_DIR), num_shards=None if rows else 1)
         del dataset
         arrow_path.unlink()
 
