@@ -35,7 +35,11 @@ setup(
     python_requires=">=3.10",
     packages=["opens2s", "opens2s.evaluation"] + [f"opens2s.{name}" for name in SUBPACKAGES],
     package_dir={"opens2s": "opens2s", **{f"opens2s.{name}": name for name in SUBPACKAGES}},
-    package_data={"opens2s": ["assets/*.wav"], "opens2s.training": ["accelerate_configs/*.yaml"]},
+    package_data={
+        "opens2s": ["assets/*.wav"],
+        "opens2s.training": ["accelerate_configs/*.yaml"],
+        "opens2s.dataset_scripts": ["prompts/*.txt"],
+    },
     install_requires=[
         "torch>=2.4",
         "transformers>=5.0",
