@@ -73,9 +73,7 @@ def make_voicebench(root):
 
     ifeval = Dataset.from_dict(
         {
-            "audio": [
-                {"bytes": wav_bytes(tone(1.2, 330, rate), rate), "path": None} for rate in (RATE, 22050)
-            ],
+            "audio": [{"bytes": wav_bytes(tone(1.2, 330, rate), rate), "path": None} for rate in (RATE, 22050)],
             "prompt": ["Answer in fewer than 300 words.", "Mention bread and end with 'Bye.'"],
             "key": [1001, 1002],
             "instruction_id_list": [
@@ -477,6 +475,12 @@ def test_eval_end_to_end_and_resume(tmp_path, tiny_model_dir, data, judge_server
     assert len(judge_server.requests) - before == 3
     assert (out / "report.md").read_text() == report
     assert len(scores_file.read_text().splitlines()) == 3
+
+    # --retry-failed asks the judge again for the failed row only.
+    before = len(judge_server.requests)
+    assert main(eval_argv(out, tiny_model_dir, data, judge_server, "--retry-failed")) == 0
+    assert len(judge_server.requests) - before == 3
+    assert "MALFORMED" in judge_server.requests[-1]["messages"][-1]["content"]
 
     # Settings that change answers cannot be mixed into the same folder.
     assert main(eval_argv(out, tiny_model_dir, data, judge_server, "--max-new-tokens", "9")) == 1

@@ -110,8 +110,9 @@ class EvalConfig:
             raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
         if self.judge_input not in ("text", "asr") or (self.judge_input == "asr" and self.mode != "speech"):
             raise ValueError("judge_input must be 'text', or 'asr' in speech mode")
-        if self.batch_size < 1 or (self.limit is not None and self.limit < 1) or self.judge_workers < 1:
-            raise ValueError("batch_size, limit and judge_workers must be >= 1")
+        counts = (self.batch_size, self.limit or 1, self.judge_workers, self.judge.samples if self.judge else 1)
+        if min(counts) < 1:
+            raise ValueError("batch_size, limit, judge_workers and judge samples must be >= 1")
         judged = [spec.name for spec in specs if spec.scorer in ("open", "underemotion")]
         if judged and self.judge is None:
             raise ValueError(
@@ -431,7 +432,8 @@ def run_evaluation(config: EvalConfig, speech_model=None, asr: ASRFunction | Non
     if config.mode == "speech" and asr is None and speech_model.speaks:
         from .speech_metrics import WhisperASR
 
-        asr = WhisperASR(config.asr_model, device=config.device, batch_size=config.asr_batch_size)
+        asr_dtype = "float32" if torch.device(config.device).type == "cpu" else "float16"
+        asr = WhisperASR(config.asr_model, config.device, asr_dtype, batch_size=config.asr_batch_size)
     summaries = []
     for spec in specs:
         dataset = load_benchmark(spec, config.sources.get(spec.suite), limit=config.limit)

@@ -127,6 +127,7 @@ class WhisperASR:
                 device=self.device,
                 dtype=getattr(torch, self.dtype),
                 chunk_length_s=self.chunk_length_s,
+                ignore_warning=True,  # chunking is what lets long and short answers share a batch
             )
         return self._pipeline
 
