@@ -243,13 +243,3 @@ class Backends:
 
         tokenizer = OpenS2SSpeechTokenizer.from_pretrained(self.config.speech_tokenizer)
         return tokenizer.to(self.config.device).eval()
-
-    def names(self) -> dict[str, str]:
-        """What built each output so far (for manifests and the dataset card)."""
-        return {key: _describe(value) for key, value in self._built.items() if value is not None}
-
-
-def _describe(backend) -> str:
-    name = getattr(backend, "name", None) or type(backend).__name__
-    client = getattr(backend, "client", None)
-    return f"{name} ({client.model})" if client is not None and hasattr(client, "model") else str(name)

@@ -167,8 +167,12 @@ def run_push(source, backends, config: PipelineConfig):
     temporary.mkdir(parents=True)
     card.save(str(temporary / "README.md"))
     if config.repo_id:
-        dataset.push_to_hub(config.repo_id, private=config.private, commit_message="opens2s data push")
+        from huggingface_hub import create_repo
+
+        # The card first: `push_to_hub` then adds the features and splits to its metadata and keeps the text.
+        create_repo(config.repo_id, repo_type="dataset", private=config.private, exist_ok=True)
         card.push_to_hub(config.repo_id, repo_type="dataset", commit_message="dataset card")
+        dataset.push_to_hub(config.repo_id, private=config.private, commit_message="opens2s data push")
     else:
         dataset.save_to_disk(str(temporary / "dataset"))
     manifest = {

@@ -64,7 +64,7 @@ class PipelineConfig:
             `"espeak"` (the built-in fallback, espeak-ng's CLI) or `"auto"` (CosyVoice2 when its package imports).
         response_tts (`str`, *optional*): instruct-TTS backend of the replies (default: as `tts`).
         response_voice (`str`, *optional*): the one reply voice: an espeak-ng variant (default `"f3"`), or for
-            CosyVoice2 a prompt wav (default: the first seed clip).
+            CosyVoice2 a prompt wav (required there).
         cosyvoice_model (`str`, *optional*, defaults to `"pretrained_models/CosyVoice2-0.5B"`): CosyVoice2 folder.
         tts_workers (`int`, *optional*, defaults to 2): concurrent syntheses (espeak-ng runs as a subprocess).
         speech_tokenizer (`str`, *optional*, defaults to `"THUDM/glm-4-voice-tokenizer"`): speech tokenizer (units).

@@ -148,7 +148,7 @@ def _write_wav(config: PipelineConfig, stage: str, row_id: str, waveform, rate: 
 
     waveform = np.asarray(waveform, dtype=np.float32).reshape(-1)
     if waveform.size == 0 or not np.any(waveform):
-        raise RowFailure("empty audio", "the synthesiser returned no samples")
+        raise RowFailure("empty audio", "no samples" if waveform.size == 0 else "silence only")
     if not np.isfinite(waveform).all():
         raise RowFailure("empty audio", "NaN or Inf samples")
     relative = Path("audio") / stage / f"{_safe_name(row_id)}.wav"
@@ -170,12 +170,14 @@ def _commit_results(runner: StageRunner, batch: list[dict], results: list, make_
     runner.commit(rows, done, failures)
 
 
-def _run_one_to_one(stage: str, source, config: PipelineConfig, work, make_row, workers: int, abort=(), info=None):
-    """A stage with one output per input row: `work(row) -> result` on the pending rows, chunk by chunk."""
+def _run_one_to_one(stage: str, source, config: PipelineConfig, work, make_row, workers, abort=(), info=None):
+    """A stage with one output per input row: `work(row) -> result` on the pending rows, chunk by chunk, on
+    `workers()` threads (a callable, so that a stage with nothing to do builds no backend)."""
     runner = StageRunner(stage, config, abort_reasons=abort)
     rows = _metadata_rows(source)
     ids = [row["id"] for row in rows]
     pending = runner.pending(ids)
+    workers = workers() if pending else 1
     with _progress(stage, len(pending)) as progress:
         for chunk in runner.chunks(pending):
             batch = [rows[position] for position in chunk]
@@ -188,9 +190,8 @@ def _check_seed(row: dict, config: PipelineConfig, languages: set[str]) -> dict:
     """Labels, transcript, language and audio of one seed row; writes its 16 kHz clip. Raises on a bad row."""
     if row.get("_error"):
         raise RowFailure("invalid seed row", row["_error"])
-    for kind, value in (("emotion", row.get("emotion")), ("age", row.get("age")), ("gender", row.get("gender"))):
-        if kind == "emotion" and (value is None or not str(value).strip()):
-            raise RowFailure("missing emotion label")
+    if not str(row.get("emotion") or "").strip():
+        raise RowFailure("missing emotion label")
     labels = {
         "emotion": normalize_emotion(row.get("emotion")),
         "age": normalize_age(row.get("age")),
@@ -340,14 +341,13 @@ def _response_reply(row: dict, backends, config: PipelineConfig) -> tuple[str, s
 def run_responses(source, backends, config: PipelineConfig):
     """Stage 4: the LLM writes a concise empathetic reply to each instruction, knowing how the user sounds, and
     the tone to say it in (one of `labels.TONES`; another answer is an `"unknown tone label"` failure)."""
-    workers = _workers(backends.llm, config.llm_workers) if len(source) else 1
     return _run_one_to_one(
         "responses",
         source,
         config,
         lambda row: _response_reply(row, backends, config),
         lambda row, result: row | {"response": result[0], "tone": result[1]},
-        workers,
+        lambda: _workers(backends.llm, config.llm_workers),
         abort=("llm error",),
         info=_llm_info(config),
     )
@@ -371,14 +371,13 @@ def _user_speech(row: dict, backends, config: PipelineConfig) -> tuple[str, floa
 def run_user_speech(source, backends, config: PipelineConfig):
     """Stage 3: speak each instruction in the voice of its seed speaker (voice cloning from the seed clip, which
     matches the instruction's emotion, age and gender by construction)."""
-    workers = _workers(backends.user_tts, config.tts_workers) if len(source) else 1
     return _run_one_to_one(
         "user_speech",
         source,
         config,
         lambda row: _user_speech(row, backends, config),
         lambda row, result: row | {"audio": result[0], "audio_file": result[0], "duration": result[1]},
-        workers,
+        lambda: _workers(backends.user_tts, config.tts_workers),
         abort=("tts error",),
         info={"tts": config.tts},
     )
@@ -391,7 +390,6 @@ def _response_speech(row: dict, backends, config: PipelineConfig) -> tuple[str, 
 
 def run_response_speech(source, backends, config: PipelineConfig):
     """Stage 5: speak each reply with instruct-TTS in one fixed voice, with the tone the LLM chose."""
-    workers = _workers(backends.response_tts, config.tts_workers) if len(source) else 1
     return _run_one_to_one(
         "response_speech",
         source,
@@ -400,7 +398,7 @@ def run_response_speech(source, backends, config: PipelineConfig):
         lambda row, result: (
             row | {"response_audio": result[0], "response_audio_file": result[0], "response_duration": result[1]}
         ),
-        workers,
+        lambda: _workers(backends.response_tts, config.tts_workers),
         abort=("tts error",),
         info={"response_tts": config.response_tts or config.tts, "response_voice": config.response_voice},
     )
