@@ -148,9 +148,12 @@ LLM_BACKENDS: dict[str, Callable[[PipelineConfig], LLMBackend]] = {"openai": _op
 
 
 def _espeak(config: PipelineConfig, role: str):
+    from pathlib import Path
+
     from .tts import EspeakTTS
 
-    return EspeakTTS(response_voice=config.response_voice if role == "response" else None)
+    voice = config.response_voice if role == "response" else None
+    return EspeakTTS(response_voice=None if voice and Path(voice).suffix else voice)  # a .wav is CosyVoice's
 
 
 def _cosyvoice2(config: PipelineConfig, role: str):
@@ -160,11 +163,20 @@ def _cosyvoice2(config: PipelineConfig, role: str):
 
 
 def _auto(config: PipelineConfig, role: str):
-    if importlib.util.find_spec("cosyvoice") is not None:
+    """CosyVoice2 when its package imports, its model folder exists and (for replies) a reply voice is given; else
+    espeak-ng, with a warning saying why."""
+    from pathlib import Path
+
+    if importlib.util.find_spec("cosyvoice") is None:
+        reason = "cosyvoice is not installed"
+    elif not Path(config.cosyvoice_model).is_dir():
+        reason = f"no CosyVoice2 model folder at {config.cosyvoice_model} (--cosyvoice-model)"
+    elif role == "response" and not config.response_voice:
+        reason = "no reply voice prompt (--response-voice PROMPT.wav)"
+    else:
         return _cosyvoice2(config, role)
     logger.warning(
-        "cosyvoice is not installed: the %s speech uses espeak-ng, which imitates labels but does not clone voices",
-        role,
+        "%s: the %s speech uses espeak-ng, which imitates the labels but does not clone voices", reason, role
     )
     return _espeak(config, role)
 

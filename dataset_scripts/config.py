@@ -61,7 +61,8 @@ class PipelineConfig:
         > Speech
 
         tts (`str`, *optional*, defaults to `"auto"`): voice-cloning backend of the user speech: `"cosyvoice2"`,
-            `"espeak"` (the built-in fallback, espeak-ng's CLI) or `"auto"` (CosyVoice2 when its package imports).
+            `"espeak"` (the built-in fallback, espeak-ng's CLI) or `"auto"` (CosyVoice2 when its package imports and
+            `cosyvoice_model` is a folder, else espeak-ng with a warning).
         response_tts (`str`, *optional*): instruct-TTS backend of the replies (default: as `tts`).
         response_voice (`str`, *optional*): the one reply voice: an espeak-ng variant (default `"f3"`), or for
             CosyVoice2 a prompt wav (required there).

@@ -14,6 +14,7 @@ Copy the folder, edit it (or add `instructions.fr.txt` / `responses.fr.txt` for 
 code fences or after a `<think>` block, and raise [`MalformedReply`] (with the reason the stage records) otherwise.
 """
 
+import functools
 import json
 import re
 import string
@@ -81,6 +82,12 @@ def load_prompt(task: str, language: str, prompts_dir: str | Path | None = None)
     """The `task` template (`"instructions"` or `"responses"`) of `language`, from `prompts_dir` when it has one,
     else the shipped one."""
     path = _template_path(task, language, prompts_dir)
+    return _read_template(path, path.stat().st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=64)
+def _read_template(path: Path, modified: int) -> PromptTemplate:
+    """Parsed once per file version (`modified` is the file's mtime, part of the cache key)."""
     parts = _SECTION.split(path.read_text(encoding="utf-8"))
     sections = {parts[i]: parts[i + 1].strip() for i in range(1, len(parts) - 1, 2)}
     if not sections.get("user"):

@@ -139,7 +139,9 @@ def _workers(backend, wanted: int) -> int:
 
 
 def _safe_name(row_id: str) -> str:
-    return re.sub(r"[^\w.-]+", "_", row_id)
+    """A file name for a row id; ids that had to be changed (or shortened) get a hash, so names stay unique."""
+    name = re.sub(r"[^\w.-]+", "_", row_id)[:100].lstrip(".")
+    return name if name == row_id else f"{name}-{hashlib.sha1(row_id.encode()).hexdigest()[:8]}"
 
 
 def _write_wav(config: PipelineConfig, stage: str, row_id: str, waveform, rate: int) -> tuple[str, float]:

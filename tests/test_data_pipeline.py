@@ -499,7 +499,7 @@ def test_espeak_speaks_16_khz_audio():
     )
 
 
-def test_cosyvoice2_without_its_package_says_how_to_install(monkeypatch):
+def test_cosyvoice2_without_its_package_says_how_to_install(monkeypatch, caplog):
     monkeypatch.setitem(sys.modules, "cosyvoice", None)  # not importable, even where it is installed
     with pytest.raises(ImportError, match="github.com/FunAudioLLM/CosyVoice") as error:
         CosyVoice2TTS("pretrained_models/CosyVoice2-0.5B")
@@ -507,6 +507,49 @@ def test_cosyvoice2_without_its_package_says_how_to_install(monkeypatch):
     config = PipelineConfig(workdir="unused", tts="cosyvoice2")
     with pytest.raises(ImportError, match="--tts espeak"):
         build_tts_backend(config, "user")
+    if shutil.which("espeak-ng"):
+        with caplog.at_level("WARNING"):
+            fallback = build_tts_backend(PipelineConfig(workdir="unused", response_voice="me.wav"), "response")
+        assert isinstance(fallback, EspeakTTS) and fallback.response_voice == "f3"
+        assert "cosyvoice is not installed: the response speech uses espeak-ng" in caplog.text
+
+
+def test_cosyvoice2_adapter_calls_the_cosyvoice_api(monkeypatch):
+    """Our adapter against a STAND-IN of the `cosyvoice` package's API (CosyVoice2 `inference_zero_shot` /
+    `inference_instruct2` taking the prompt wav's path, generators of `{"tts_speech": (1, samples)}` at 24 kHz)."""
+    import types
+
+    calls = []
+
+    class CosyVoice2StandIn:
+        sample_rate = 24000
+
+        def __init__(self, model_dir, **options):
+            calls.append(("load", model_dir))
+
+        def inference_zero_shot(self, tts_text, prompt_text, prompt_wav, zero_shot_spk_id="", stream=False):
+            calls.append(("clone", tts_text, prompt_text, prompt_wav))
+            yield from ({"tts_speech": torch.full((1, 240), 0.1)} for _ in range(2))
+
+        def inference_instruct2(self, tts_text, instruct_text, prompt_wav, zero_shot_spk_id="", stream=False):
+            calls.append(("instruct", tts_text, instruct_text, prompt_wav))
+            yield {"tts_speech": torch.full((1, 480), 0.2)}
+
+    module = types.ModuleType("cosyvoice.cli.cosyvoice")
+    module.CosyVoice2 = CosyVoice2StandIn
+    for name in ("cosyvoice", "cosyvoice.cli"):
+        monkeypatch.setitem(sys.modules, name, types.ModuleType(name))
+    monkeypatch.setitem(sys.modules, "cosyvoice.cli.cosyvoice", module)
+    tts = CosyVoice2TTS("models/CosyVoice2-0.5B", response_voice="voice.wav")
+    waveform, rate = tts.clone("How are you?", reference_audio="seed.wav", reference_text="Hi.", emotion="sad")
+    assert rate == 24000 and waveform.shape == (480,)
+    waveform, rate = tts.instruct("I am here.", tone="gentle", language="zh")
+    assert waveform.shape == (480,) and np.allclose(waveform, 0.2)
+    assert calls == [
+        ("load", "models/CosyVoice2-0.5B"),
+        ("clone", "How are you?", "Hi.", "seed.wav"),
+        ("instruct", "I am here.", "用温柔的语气说", "voice.wav"),
+    ]
 
 
 def test_unknown_backend_names_are_errors():
