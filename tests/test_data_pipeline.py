@@ -376,6 +376,32 @@ def test_bad_inputs_are_counted_logged_and_the_pipeline_continues(clips, tokeniz
     assert all(again[stage]["failure_reasons"] == manifests[stage]["failure_reasons"] for stage in STAGES[:-1])
 
 
+def test_seed_stage_reads_a_datasets_folder_with_an_audio_column(clips, tmp_path):
+    """A `save_to_disk` folder (as a Hub dataset loads) with an `Audio` column and other column names."""
+    import datasets
+
+    table = datasets.Dataset.from_dict(
+        {
+            "audio": [str(clips / f"seed{number}.wav") for number in range(len(SEEDS))],
+            "text": [seed[1] for seed in SEEDS],
+            "emotion_label": [seed[2].upper() for seed in SEEDS],
+            "age": [30, 70, 15, 8],
+            "sex": ["f", "m", "f", "m"],
+        }
+    ).cast_column("audio", datasets.Audio(sampling_rate=16000))
+    table.save_to_disk(tmp_path / "hub-like")
+    config = make_config(tmp_path / "work", tmp_path / "hub-like")
+    seeds = run_pipeline(config, ["seed"], Backends(config))
+    assert seeds["transcript"] == [seed[1] for seed in SEEDS] and seeds["age"] == [
+        "adult",
+        "elderly",
+        "teenager",
+        "child",
+    ]
+    assert seeds["emotion"] == [seed[2] for seed in SEEDS] and seeds["gender"] == ["female", "male", "female", "male"]
+    assert all(row["bytes"][:4] == b"RIFF" for row in seeds["audio"]) and len(set(seeds["id"])) == len(SEEDS)
+
+
 class FlakySpeech:
     """TEST DOUBLE of a speech backend. Voice cloning: a 0.5 s tone, but the first instruction of every seed ("step 1")
     fails. Instruct-TTS, called in order: two empty results, then clips of 3 ms (too short for the tokenizer)."""
