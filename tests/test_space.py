@@ -1,0 +1,293 @@
+"""The Gradio app's handler (`opens2s.spaces_app.app`): streaming updates, multi-turn history, voices, sampling,
+readable errors for bad audio, Stop, concurrent answers, and the app's wiring (queue, ZeroGPU, command line).
+
+Every answer uses the tiny model with 8 text tokens and 20 speech units (two token2wav chunks: 10 units, then the
+rest), on one thread; the whole module takes about 20 s on 2 cores.
+"""
+
+import io
+import threading
+import types
+import wave
+
+import numpy as np
+import pytest
+import soundfile
+import torch
+
+
+gr = pytest.importorskip("gradio", reason="the Space needs gradio: pip install -e '.[space]' (or '.[test]')")
+
+from opens2s.chat import conversation_inputs, load_speech_model, spoken_turn_inputs, stream_reply  # noqa: E402
+from opens2s.cli import build_parser  # noqa: E402
+from opens2s.modeling_opens2s.streaming_opens2s import speech_generation_config_of  # noqa: E402
+from opens2s.spaces_app import app as space_app  # noqa: E402
+from opens2s.spaces_app.app import DEFAULT_VOICE, OpenS2SSpace, build_demo, find_speakers, wav_bytes  # noqa: E402
+from opens2s.tiny import EXAMPLE_WAV  # noqa: E402
+
+
+pytestmark = pytest.mark.usefixtures("single_thread")
+
+MAX_NEW_TOKENS, MAX_UNITS, SEED = 8, 20, 0
+
+
+@pytest.fixture(scope="module")
+def speech_model(tiny_model_dir):
+    return load_speech_model(tiny_model_dir)
+
+
+@pytest.fixture(scope="module")
+def space(speech_model):
+    return OpenS2SSpace(speech_model, max_new_tokens=MAX_NEW_TOKENS, max_units=MAX_UNITS, seed=SEED)
+
+
+@pytest.fixture(scope="module")
+def first_answer(space):
+    """Every update of one greedy answer to the example question."""
+    return list(space.respond(str(EXAMPLE_WAV), [], DEFAULT_VOICE, 0.0, 1.0))
+
+
+def _read_wav(data: bytes) -> tuple[int, np.ndarray]:
+    with wave.open(io.BytesIO(data), "rb") as reader:
+        assert (reader.getnchannels(), reader.getsampwidth()) == (1, 2)
+        return reader.getframerate(), np.frombuffer(reader.readframes(reader.getnframes()), dtype="<i2")
+
+
+class _Recorder:
+    """Stands in for `stream_reply`: records its arguments and streams nothing (or the real stream)."""
+
+    def __init__(self, real: bool = False):
+        self.calls, self.real = [], real
+
+    def __call__(self, speech_model, audio, **kwargs):
+        self.calls.append(kwargs)
+        return stream_reply(speech_model, audio, **kwargs) if self.real else (event for event in ())
+
+
+def test_an_answer_streams_growing_text_audio_chunks_and_latency(first_answer):
+    messages, chunk, status, turns = first_answer[0]
+    assert messages == [
+        {"role": "user", "content": {"path": str(EXAMPLE_WAV)}},
+        {"role": "assistant", "content": "…"},
+    ]
+    assert chunk is None and status == "Listening…" and len(turns) == 1
+
+    replies = [update[0][-1]["content"] for update in first_answer[1:]]  # the answer as the chat shows it
+    assert all(later.startswith(earlier) for earlier, later in zip(replies, replies[1:], strict=False))
+    assert len(set(replies)) >= 3, "the text should arrive in several updates"
+
+    chunks = [update[1] for update in first_answer if update[1] is not None]
+    assert len(chunks) >= 2, "20 units make two token2wav chunks, each sent as it is produced"
+    rates = {_read_wav(chunk)[0] for chunk in chunks}
+    assert rates == {22050}
+    statuses = [update[2] for update in first_answer[1:-1]]
+    assert any("8 speech units" in status for status in statuses)
+    assert any("s of audio" in status and not status.endswith(" 0.0 s of audio") for status in statuses)
+
+    final_messages, _, final_status, final_turns = first_answer[-1]
+    assert final_status.startswith("first text ") and "first audio" in final_status and "RTF" in final_status
+    assert final_messages[-1]["content"] == f"{final_turns[0].reply}\n\n*{final_status}*"
+    assert final_turns[0].latency == final_status and final_turns[0].reply
+
+
+def test_the_app_consumes_the_same_event_iterator_as_the_cli(space, speech_model, first_answer):
+    text_config, speech_config = space.generation_configs(0.0, 1.0)
+    events = list(
+        stream_reply(
+            speech_model,
+            EXAMPLE_WAV,
+            seed=SEED,
+            generation_config=text_config,
+            speech_generation_config=speech_config,
+        )
+    )
+    text = "".join(event.text for event in events if event.kind == "text")
+    pcm = np.concatenate([event.pcm for event in events if event.kind == "audio"])
+    assert first_answer[-1][3][0].reply == text
+    app_pcm = np.concatenate([_read_wav(update[1])[1] for update in first_answer if update[1] is not None])
+    np.testing.assert_array_equal(app_pcm, (np.clip(pcm, -1, 1) * 32767).round().astype(np.int16))
+
+
+def test_a_second_question_feeds_the_conversation_back(space, first_answer, monkeypatch):
+    recorder = _Recorder(real=True)
+    monkeypatch.setattr(space_app, "stream_reply", recorder)
+    turns = first_answer[-1][3]
+    updates = list(space.respond(str(EXAMPLE_WAV), turns, DEFAULT_VOICE, 0.0, 1.0))
+
+    (history,) = [call["history"] for call in recorder.calls]
+    assert len(history) == 1
+    np.testing.assert_array_equal(history[0][0], turns[0].question)
+    assert history[0][1] == turns[0].reply
+    messages, _, status, new_turns = updates[-1]
+    assert [message["role"] for message in messages] == ["user", "assistant", "user", "assistant"]
+    assert len(new_turns) == 2 and new_turns[0] is turns[0] and len(turns) == 1, "the session state is not mutated"
+    assert "first audio" in status
+
+
+def test_conversation_inputs_hold_every_question_and_earlier_reply(speech_model):
+    processor = speech_model.processor
+    question = spoken_turn_inputs(processor, EXAMPLE_WAV)["input_features"][0]
+    waveform = np.zeros(16000, dtype=np.float32)
+    inputs = conversation_inputs(processor, [(waveform, "I hear you.")], EXAMPLE_WAV)
+    assert inputs["input_features"].shape[0] == 2
+    torch.testing.assert_close(inputs["input_features"][1], question)
+    prompt = processor.tokenizer.decode(inputs["input_ids"][0])
+    assert prompt.count("<|im_start|>user") == 2 and "<|im_start|>assistant\nI hear you.<|im_end|>" in prompt
+    single = conversation_inputs(processor, [], EXAMPLE_WAV)
+    torch.testing.assert_close(single["input_ids"], spoken_turn_inputs(processor, EXAMPLE_WAV)["input_ids"])
+
+
+@pytest.mark.parametrize("max_history_turns, expected", [(0, 0), (2, 2), (4, 3)])
+def test_history_keeps_the_latest_turns(speech_model, monkeypatch, max_history_turns, expected):
+    recorder = _Recorder()
+    monkeypatch.setattr(space_app, "stream_reply", recorder)
+    space = OpenS2SSpace(speech_model, max_history_turns=max_history_turns)
+    turns = [space_app.Turn(np.full(1600, i, dtype=np.float32), f"q{i}.wav", f"reply {i}") for i in range(3)]
+    list(space.respond(str(EXAMPLE_WAV), turns, DEFAULT_VOICE, 0.0, 1.0))
+    history = recorder.calls[0]["history"]
+    assert [reply for _, reply in history] == [f"reply {i}" for i in range(3 - expected, 3)]
+
+
+def _bad_audio(tmp_path, kind: str) -> str | None:
+    path = tmp_path / f"{kind}.wav"
+    if kind == "missing":
+        return None
+    if kind == "not_audio":
+        path.write_text("this is not a wav file")
+    elif kind == "empty":
+        soundfile.write(path, np.zeros(0, dtype=np.float32), 16000)
+    elif kind == "too_short":
+        soundfile.write(path, np.zeros(10, dtype=np.float32), 16000)
+    elif kind == "nan":
+        soundfile.write(path, np.full(16000, np.nan, dtype=np.float32), 16000, subtype="FLOAT")
+    return str(path)
+
+
+@pytest.mark.parametrize(
+    "kind, message",
+    [
+        pytest.param("missing", "Record or upload a spoken question first", id="no-audio"),
+        pytest.param("not_audio", "Could not read this audio: cannot read audio file", id="not-audio"),
+        pytest.param("empty", "Could not read this audio: audio file .* is empty", id="empty"),
+        pytest.param("too_short", "Could not answer this audio: audio is too short", id="too-short"),
+        pytest.param("nan", "Could not read this audio: it holds NaN or infinite samples", id="nan"),
+    ],
+)
+def test_bad_audio_gives_a_message_in_the_ui(space, tmp_path, kind, message):
+    updates = space.respond(_bad_audio(tmp_path, kind), [], DEFAULT_VOICE, 0.0, 1.0)
+    with pytest.raises(gr.Error, match=message) as error:
+        list(updates)
+    assert "Traceback" not in error.value.message and error.value.print_exception is False
+    assert error.value.__cause__ is None, "the UI shows the message, not a chained stack"
+
+
+def test_stop_closes_the_models_stream_and_keeps_the_partial_answer(space, monkeypatch):
+    closed = threading.Event()
+
+    def stream_until_closed(speech_model, audio, **kwargs):
+        try:
+            yield from stream_reply(speech_model, audio, **kwargs)
+        finally:
+            closed.set()
+
+    monkeypatch.setattr(space_app, "stream_reply", stream_until_closed)
+    updates = space.respond(str(EXAMPLE_WAV), [], DEFAULT_VOICE, 0.0, 1.0)
+    next(updates)
+    _, _, _, turns = next(updates)
+    assert turns[0].reply and not closed.is_set()
+    updates.close()  # what Gradio does to a generator when Stop cancels its event
+    assert closed.is_set()
+    assert turns[0].reply and not turns[0].latency
+
+
+def test_two_concurrent_requests_both_complete(space):
+    results, barrier = [None, None], threading.Barrier(2)
+
+    def answer(index: int) -> None:
+        barrier.wait()
+        results[index] = list(space.respond(str(EXAMPLE_WAV), [], DEFAULT_VOICE, 0.0, 1.0))
+
+    threads = [threading.Thread(target=answer, args=(index,)) for index in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    assert all(result is not None for result in results), "both requests must finish"
+    for updates in results:
+        assert "first audio" in updates[-1][2]
+        assert any(update[1] for update in updates)
+    # Same seed, same question: sharing the model across threads must not mix the two streams.
+    assert results[0][-1][3][0].reply == results[1][-1][3][0].reply
+    assert [u[1] for u in results[0] if u[1]] == [u[1] for u in results[1] if u[1]]
+
+
+def test_voices_are_found_and_passed_to_the_model(speech_model, tmp_path, monkeypatch):
+    from safetensors.torch import save_file
+
+    dim = speech_model.model.config.speaker_embedding_dim
+    speakers = tmp_path / "model" / "speakers"
+    speakers.mkdir(parents=True)
+    save_file({"speaker_embedding": torch.ones(dim)}, str(speakers / "calm.safetensors"))
+    save_file(
+        {"speaker_embedding": torch.ones(1, dim), "token2wav_speaker_embedding": torch.ones(192)},
+        str(speakers / "warm.safetensors"),
+    )
+    save_file({"speaker_embedding": torch.ones(dim + 1)}, str(tmp_path / "wrong.safetensors"))
+    found = find_speakers(tmp_path / "model", extra_dir=tmp_path)
+    assert sorted(found) == ["calm", "warm", "wrong"]
+    assert find_speakers(None) == {}
+
+    space = OpenS2SSpace(speech_model, speakers=found)
+    assert list(space.voices) == [DEFAULT_VOICE, "calm", "warm"], "a voice of the wrong size is left out"
+    recorder = _Recorder()
+    monkeypatch.setattr(space_app, "stream_reply", recorder)
+    for voice in (DEFAULT_VOICE, "warm"):
+        list(space.respond(str(EXAMPLE_WAV), [], voice, 0.0, 1.0))
+    default, warm = recorder.calls
+    assert "speaker_embedding" not in default, "the default voice is the model's zeros"
+    assert warm["speaker_embedding"].shape == (dim,)
+    assert warm["token2wav_speaker_embedding"].shape == (1, 192)
+
+
+def test_sampling_controls_and_budgets_leave_the_models_configs_alone(space, speech_model):
+    model = speech_model.model
+    before = (model.generation_config.to_dict(), speech_generation_config_of(model).to_dict())
+    greedy, speech = space.generation_configs(0.0, 0.5)
+    assert not greedy.do_sample and greedy.max_new_tokens == MAX_NEW_TOKENS and speech.max_new_tokens == MAX_UNITS
+    sampled, _ = space.generation_configs(0.7, 0.9)
+    assert sampled.do_sample and (sampled.temperature, sampled.top_p) == (0.7, 0.9)
+    assert (model.generation_config.to_dict(), speech_generation_config_of(model).to_dict()) == before
+
+
+def test_wav_chunks_keep_levels_and_clip():
+    rate, samples = _read_wav(wav_bytes(np.array([0.0, 0.25, -0.5, 2.0], dtype=np.float32), 22050))
+    assert rate == 22050
+    np.testing.assert_array_equal(samples, [0, 8192, -16384, 32767])  # no peak normalisation per chunk
+
+
+def test_the_demo_queues_answers_with_a_concurrency_limit(space):
+    demo = build_demo(space, concurrency_limit=3, max_queue_size=5)
+    answers = [fn for fn in demo.fns.values() if fn.concurrency_id == "answer"]
+    assert len(answers) == 2, "Ask and the end of a microphone recording both answer"
+    assert {fn.concurrency_limit for fn in answers} == {3}
+    assert demo._queue.max_size == 5 and demo._queue.default_concurrency_limit == 3
+
+
+def test_gpu_decorator_uses_spaces_only_when_present(monkeypatch):
+    def answer():
+        yield 1
+
+    monkeypatch.setattr(space_app, "spaces", None)
+    assert space_app.gpu(answer) is answer
+    calls = []
+    fake_spaces = types.SimpleNamespace(GPU=lambda duration: lambda fn: calls.append(duration) or fn)
+    monkeypatch.setattr(space_app, "spaces", fake_spaces)
+    assert space_app.gpu(answer) is answer and calls == [space_app.GPU_SECONDS]
+
+
+def test_the_space_command_line(capsys):
+    args = build_parser().parse_args(["space", "--max-units", "40", "--port", "7999", "--concurrency-limit", "1"])
+    assert (args.max_units, args.port, args.concurrency_limit, args.device, args.model) == (40, 7999, 1, "auto", None)
+    with pytest.raises(SystemExit) as exit_info:
+        build_parser().parse_args(["space", "--help"])
+    assert exit_info.value.code == 0 and "--max-history-turns" in capsys.readouterr().out
