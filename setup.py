@@ -22,6 +22,8 @@ extras = {
         "accelerate>=1.15",
         "jiwer>=4.0",
         "langdetect>=1.0.9",
+        "gradio>=6.31",
+        "playwright>=1.49",
     ],
 }
 
