@@ -9,6 +9,7 @@ import io
 import threading
 import types
 import wave
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -291,3 +292,20 @@ def test_the_space_command_line(capsys):
     with pytest.raises(SystemExit) as exit_info:
         build_parser().parse_args(["space", "--help"])
     assert exit_info.value.code == 0 and "--max-history-turns" in capsys.readouterr().out
+
+
+def test_the_space_folder_is_ready_to_deploy():
+    import re
+
+    import yaml
+
+    folder = Path(space_app.__file__).parent
+    front_matter = yaml.safe_load((folder / "README.md").read_text().split("---")[1])
+    assert front_matter["sdk"] == "gradio" and (folder / front_matter["app_file"]).is_file()
+    assert front_matter["suggested_hardware"] and front_matter["sdk_version"].startswith("6.")
+    requirements = (folder / "requirements.txt").read_text().splitlines()
+    names = {re.split(r"[<>=\[ ]", line)[0] for line in requirements if line and not line.startswith("#")}
+    setup = (Path(__file__).parents[1] / "setup.py").read_text()
+    install_requires = re.search(r"install_requires=\[(.*?)\]", setup, re.S).group(1)
+    assert set(re.findall(r'"([A-Za-z0-9_.-]+)[<>=]', install_requires)) | {"gradio", "spaces"} <= names
+    assert "ffmpeg" in (folder / "packages.txt").read_text().split(), "Gradio's streamed audio needs ffmpeg"
