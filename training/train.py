@@ -22,9 +22,10 @@ Several GPUs (pick `multi_gpu_ddp`, `deepspeed_zero2`, `deepspeed_zero3` or `fsd
         --stage sft --model_name_or_path path/to/opens2s-folder --dataset_name data/train.jsonl --trust_remote_code \\
         --output_dir opens2s-sft --bf16 --gradient_accumulation_steps 16
 
-CPU, two processes (gloo), as the tests run it:
+CPU, two processes (gloo), as the tests run it (`--cpu --num_processes 2` starts only ONE process in accelerate
+1.15: its simple launcher forks several only through mpirun):
 
-    accelerate launch --cpu --num_processes 2 -m opens2s.training.train --stage sft ... --bf16 False
+    accelerate launch --multi_gpu --num_processes 2 -m opens2s.training.train --stage sft ... --use_cpu --bf16 False
 
 The same through the CLI: `opens2s train --stage sft --model FOLDER --data data/train.jsonl [--lora] [-- ARGS...]`.
 
