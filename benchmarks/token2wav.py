@@ -6,28 +6,35 @@ Run from the repository root (nothing is downloaded; the decoder has seeded rand
     python -m benchmarks.token2wav --size tiny --units 30                # smoke run, seconds
     python -m benchmarks.token2wav --size full --device cuda --dtype bfloat16   # lent GPU
 
-Other options: `--threads N` (`torch.set_num_threads`), `--seed 0`, `--skip-original` (the original schedule alone
-takes ~200 s at full size on 2 CPU cores).
+Other options: `--threads N` (`torch.set_num_threads`; on a loaded 2-core CPU `--threads 1` avoids OpenMP
+oversubscription), `--seed 0`, `--skip-original` (the slow row).
 
-`--units` random unit ids (12.5 units/s, so 250 units = 20 s of audio at 22.05 kHz) go through three rows, after
-one warm-up pass over one encoder block:
+`--units` random unit ids (12.5 units/s: 250 units = 20 s at 22.05 kHz), after a warm-up pass over one block:
 
 * `ours offline`: `model.synthesize(units)`, one flow pass and one vocoder pass over the whole answer.
-* `ours stream`: `model.start_stream()` (block mode: chunks of whole encoder blocks, bounded left context), the units
-  pushed one at a time as an LLM writes them, then `finish()`.
-* `original`: `model.start_stream(mode="original")`, OpenS2S's loop (a decoder call per 24 units, the whole history
-  re-run as the flow's prompt every call), same push pattern.
+* `ours stream`: `model.start_stream()` (chunks of whole encoder blocks, bounded left context), the units pushed
+  one at a time as an LLM writes them, then `finish()`.
+* `original`: `model.start_stream(mode="original")`, OpenS2S's loop (a call per 24 units, the whole history re-run
+  as the flow's prompt), same push pattern.
 
 Units arrive instantly, so the times are decoder time only. A "chunk" is a call (`push` or `finish`) that returned
-audio; its cost is that call's seconds. `last chunk s` is the last chunk that ran the flow: when the answer is a
-whole number of our chunks, our `finish()` only vocodes the held-back frames, and that flush is shown in the
-per-chunk list, not in the table.
+audio; its cost is that call's seconds. `last chunk s` is the last chunk that ran the flow (our vocoder-only flush
+is in the per-chunk list only).
 
-Printed: the sizes; one table (total s, RTF = seconds / audio seconds, seconds to the first audio, first and last
-chunk cost and their ratio, number of chunks); the goal ratios of issue 8; per-chunk seconds of both streams and our
-per-chunk work from `BlockStream.costs` (flow units, flow frames, vocoder frames: flat after the first chunks); and
-the sample counts: ours streaming must equal ours offline (an `AssertionError` otherwise), the original's count is
-printed (it loses one mel frame, 256 samples, per boundary from its 3rd call on, and rounds frames per call).
+Printed: the sizes; one table (total s, RTF = seconds / audio seconds, time to first audio, first and last chunk
+cost and their ratio, chunks); the goal ratios of issue 8, the spread of our steady chunks and the units each side
+ran through the flow (its ODE re-runs the prompt frames, so this sets the streaming overhead); per-chunk seconds and
+flow units, our frames from `BlockStream.costs`; the sample counts: ours streaming must equal ours offline (else
+`AssertionError`). The original loses one mel frame per boundary from its 3rd call on, and when the answer is a
+multiple of 24 units its held 34-frame overlap and last hop are never played.
+
+Example, `--size full --units 120 --threads 1` on the shared 2-core CPU (loaded by other jobs: times are noisy):
+
+                         total s           RTF   1st audio s   1st chunk s  last chunk s      last/1st        chunks
+    ours offline          94.171         9.820        94.171        94.171        94.171         1.00x             1
+    ours stream          137.633        14.352         5.205         5.203        17.882         3.44x             7
+    original             151.170        15.764        13.400        13.398        55.607         4.15x             5
+    units through the flow: ours offline 120, ours stream 320 (2.67x), original 360 (3.00x)
 """
 
 import argparse
