@@ -106,26 +106,31 @@ def format_latency(stats) -> str:
 def find_speakers(name_or_path: str | Path | None, extra_dir: str | Path | None = None) -> dict[str, Path]:
     """Voice files by name: `speakers/*.safetensors` of a local model folder (or of a Hub repo, when it has any) and
     of `extra_dir`. The tiny default model (`name_or_path=None`) has none."""
-    folders = [Path(extra_dir)] if extra_dir is not None else []
+    folders = []
     if name_or_path is not None:
         local = Path(name_or_path)
-        if local.is_dir():
-            folders.insert(0, local / SPEAKERS_SUBFOLDER)
-        else:
-            folders.insert(0, _hub_speakers(str(name_or_path)))
-    return {path.stem: path for folder in folders if folder.is_dir() for path in sorted(folder.glob("*.safetensors"))}
+        folders.append(local / SPEAKERS_SUBFOLDER if local.is_dir() else _hub_speakers(str(name_or_path)))
+    if extra_dir is not None:
+        folders.append(Path(extra_dir))
+    return {
+        path.stem: path
+        for folder in folders
+        if folder is not None and folder.is_dir()
+        for path in sorted(folder.glob("*.safetensors"))
+    }
 
 
-def _hub_speakers(repo_id: str) -> Path:
-    """The `speakers/` folder of a Hub repo's snapshot (only those files are fetched); a missing path when the repo
-    has none or the Hub cannot be reached."""
+def _hub_speakers(repo_id: str) -> Path | None:
+    """The `speakers/` folder of a Hub repo's snapshot (only those files are fetched); `None` when the Hub cannot
+    be reached (voices are optional: the app starts with the default voice)."""
     from huggingface_hub import snapshot_download
 
     try:
-        return Path(snapshot_download(repo_id, allow_patterns=[f"{SPEAKERS_SUBFOLDER}/*.safetensors"])) / "speakers"
-    except Exception as error:  # noqa: BLE001 - voices are optional: any Hub failure means "no voices"
+        snapshot = snapshot_download(repo_id, allow_patterns=[f"{SPEAKERS_SUBFOLDER}/*.safetensors"])
+    except Exception as error:  # noqa: BLE001 - any Hub failure (offline, gated, missing) means "no extra voices"
         logger.warning("no voices from %s: %s", repo_id, error)
-        return Path(repo_id) / SPEAKERS_SUBFOLDER / "missing"
+        return None
+    return Path(snapshot) / SPEAKERS_SUBFOLDER
 
 
 def _load_voice(path: Path, speaker_embedding_dim: int) -> dict[str, torch.Tensor] | None:

@@ -238,6 +238,16 @@ def test_voices_are_found_and_passed_to_the_model(speech_model, tmp_path, monkey
     assert sorted(found) == ["calm", "warm", "wrong"]
     assert find_speakers(None) == {}
 
+    def snapshot_download(repo_id, allow_patterns):
+        if repo_id == "offline/repo":
+            raise OSError("no network")
+        assert allow_patterns == ["speakers/*.safetensors"], "only the voice files are fetched"
+        return str(tmp_path / "model")
+
+    monkeypatch.setattr("huggingface_hub.snapshot_download", snapshot_download)
+    assert sorted(find_speakers("user/opens2s")) == ["calm", "warm"]
+    assert find_speakers("offline/repo") == {}, "a Hub failure leaves the default voice only"
+
     space = OpenS2SSpace(speech_model, speakers=found)
     assert list(space.voices) == [DEFAULT_VOICE, "calm", "warm"], "a voice of the wrong size is left out"
     recorder = _Recorder()
