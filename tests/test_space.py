@@ -5,6 +5,7 @@ Every answer uses the tiny model with 8 text tokens and 20 speech units (two tok
 rest), on one thread; the whole module takes about 20 s on 2 cores.
 """
 
+import inspect
 import io
 import threading
 import types
@@ -294,6 +295,15 @@ def test_gpu_decorator_uses_spaces_only_when_present(monkeypatch):
     fake_spaces = types.SimpleNamespace(GPU=lambda duration: lambda fn: calls.append(duration) or fn)
     monkeypatch.setattr(space_app, "spaces", fake_spaces)
     assert space_app.gpu(answer) is answer and calls == [space_app.GPU_SECONDS]
+    assert inspect.isgeneratorfunction(OpenS2SSpace.respond), "ZeroGPU wraps generator functions, not async ones"
+
+
+@pytest.mark.parametrize("cuda, expected", [(True, ("cuda", "bfloat16")), (False, ("cpu", "float32"))])
+def test_auto_device_is_bf16_on_cuda(monkeypatch, cuda, expected):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
+    assert space_app._device_and_dtype("auto", "auto") == expected
+    assert space_app._device_and_dtype("cpu", "auto") == ("cpu", "float32")
+    assert space_app._device_and_dtype("cuda:1", "float16") == ("cuda:1", "float16")
 
 
 def test_the_space_command_line(capsys):
