@@ -95,11 +95,12 @@ class OpenS2SToken2WavConfig(PreTrainedConfig):
             Width of the f0 predictor's convolutions.
         stream_first_chunk_blocks (`int`, *optional*, defaults to 1):
             Streaming (`mode="blocks"`): encoder blocks in the first chunk (small for a short time to first audio).
-        stream_chunk_blocks (`int`, *optional*, defaults to 2):
-            Streaming: encoder blocks in every later chunk.
-        stream_left_context_blocks (`int`, *optional*, defaults to 4):
+        stream_chunk_blocks (`int`, *optional*, defaults to 4):
+            Streaming: the largest chunk, in encoder blocks; chunk sizes double from the first up to this one.
+        stream_left_context_blocks (`int`, *optional*, defaults to 1):
             Streaming: earlier blocks (units and their mel) re-read as the flow's prompt, so a chunk costs the same
-            however long the answer is.
+            however long the answer is. The flow re-solves these frames too: a steady chunk reads
+            `(stream_left_context_blocks + stream_chunk_blocks) / stream_chunk_blocks` times its own units.
         stream_vocoder_context_frames (`int`, *optional*, defaults to 8):
             Streaming: earlier mel frames re-rendered by HiFT before each chunk, so its convolutions see the past.
         stream_holdback_frames (`int`, *optional*, defaults to 4):
@@ -149,8 +150,8 @@ class OpenS2SToken2WavConfig(PreTrainedConfig):
     hift_voiced_threshold: float | int = 10.0
     hift_f0_cond_channels: int = 512
     stream_first_chunk_blocks: int = 1
-    stream_chunk_blocks: int = 2
-    stream_left_context_blocks: int = 4
+    stream_chunk_blocks: int = 4
+    stream_left_context_blocks: int = 1
     stream_vocoder_context_frames: int = 8
     stream_holdback_frames: int = 4
     stream_crossfade_samples: int = 256

@@ -138,9 +138,10 @@ class BlockStream:
     r"""
     Our streaming schedule (see [`OpenS2SToken2Wav.start_stream`]).
 
-    Flow: the first chunk is `stream_first_chunk_blocks` encoder blocks, later ones `stream_chunk_blocks`; each chunk
-    re-reads at most `stream_left_context_blocks` earlier blocks as prompt (their units, and the mel already made for
-    them as `prompt_mel`), so its cost does not grow with the answer. Chunk starts are block aligned, so the
+    Flow: the first chunk is `stream_first_chunk_blocks` encoder blocks, each later one twice the previous up to
+    `stream_chunk_blocks`; each chunk re-reads at most `stream_left_context_blocks` earlier blocks as prompt (their
+    units, and the mel already made for them as `prompt_mel`), so its cost does not grow with the answer, and the
+    flow reads `(left context + chunk) / chunk` times the units of one offline pass (1.25 with the defaults). Chunk starts are block aligned, so the
     block-causal encoder sees the same block grid as one pass over the answer. The frame count of units `[0, n)` is
     the decoder's `num_frames(n)`, so chunk frames add up to the offline count: nothing is lost.
 
@@ -163,8 +164,8 @@ class BlockStream:
         self.speaker_embedding = speaker_embedding
         config, device = model.config, model.device
         block = config.encoder_block_size
-        self.first_chunk_units = config.stream_first_chunk_blocks * block
-        self.chunk_units = config.stream_chunk_blocks * block
+        self.next_chunk_units = config.stream_first_chunk_blocks * block
+        self.max_chunk_units = max(config.stream_chunk_blocks, config.stream_first_chunk_blocks) * block
         self.left_context_units = config.stream_left_context_blocks * block
         if generator is None:
             generator = torch.Generator()
@@ -186,11 +187,11 @@ class BlockStream:
         """Buffer `units`; returns the audio that became final, shape `(1, samples)` (possibly empty)."""
         self.units += _unit_list(self.model, units)
         pieces = [_empty_waveform(self.model)]
-        while True:
-            size = self.first_chunk_units if self.rendered_units == 0 else self.chunk_units
-            if len(self.units) - self.rendered_units < size:
-                break
-            pieces.append(self._step(size, final=False))
+        while len(self.units) - self.rendered_units >= self.next_chunk_units:
+            pieces.append(self._step(self.next_chunk_units, final=False))
+            # Chunks double up to the largest size: the first audio comes soon, and each later chunk holds enough
+            # units to keep playback fed while the next one is generated.
+            self.next_chunk_units = min(2 * self.next_chunk_units, self.max_chunk_units)
         return torch.cat(pieces, dim=-1)
 
     def finish(self) -> torch.Tensor:
