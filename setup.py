@@ -51,6 +51,7 @@ setup(
         "soundfile>=0.12",
         "soxr>=0.3",
         "tqdm>=4.66",
+        "pyyaml>=6.0",  # reading the original token2wav config.yaml
     ],
     extras_require=extras,
     entry_points={"console_scripts": ["opens2s=opens2s.cli:main"]},
