@@ -46,6 +46,7 @@ __all__ = [
     "OpenS2SSpace",
     "Turn",
     "build_demo",
+    "chat_messages",
     "find_speakers",
     "format_latency",
     "gpu",
