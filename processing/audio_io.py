@@ -14,7 +14,8 @@ def load_audio(path: str | Path, sampling_rate: int = TARGET_SAMPLING_RATE) -> n
     """Read an audio file (wav/flac/ogg/mp3 as libsndfile supports) as mono float32 at `sampling_rate` Hz.
 
     Multi-channel audio is averaged to mono; other rates are resampled with soxr (high quality).
-    Raises `FileNotFoundError` for a missing file and `ValueError` for an unreadable or empty one.
+    Raises `FileNotFoundError` for a missing file and `ValueError` for an unreadable or empty one, or one holding
+    NaN or infinite samples (float formats can).
     """
     import soundfile
     import soxr
@@ -28,6 +29,8 @@ def load_audio(path: str | Path, sampling_rate: int = TARGET_SAMPLING_RATE) -> n
         raise ValueError(f"cannot read audio file {path}: {error}") from error
     if waveform.shape[0] == 0:
         raise ValueError(f"audio file {path} is empty")
+    if not np.isfinite(waveform).all():
+        raise ValueError(f"audio file {path} holds NaN or infinite samples")
     mono = waveform.mean(axis=1) if waveform.shape[1] > 1 else waveform[:, 0]
     if file_rate != sampling_rate:
         mono = soxr.resample(mono, file_rate, sampling_rate).astype(np.float32)

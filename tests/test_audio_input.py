@@ -94,3 +94,12 @@ def test_load_audio_missing_and_unreadable(tmp_path):
     broken.write_bytes(b"not audio at all")
     with pytest.raises(ValueError, match="cannot read"):
         load_audio(broken)
+
+
+def test_load_audio_refuses_nan_samples(tmp_path):
+    path = tmp_path / "nan.wav"
+    samples = np.zeros(1600, dtype=np.float32)
+    samples[10] = np.nan
+    soundfile.write(path, samples, 16000, subtype="FLOAT")
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        load_audio(path)

@@ -120,7 +120,7 @@ def test_jsonl_bad_rows_are_reported(original_folder, tmp_path, caplog):
     missing["messages"][0]["content"][0]["audio"] = "nope.wav"
     lines = [json.dumps(row), json.dumps(missing), "{not json"]
     (tmp_path / "data.jsonl").write_text("\n".join(lines) + "\n")
-    with caplog.at_level("WARNING"):
+    with caplog.at_level("WARNING", logger="opens2s"):
         dataset = load_original_jsonl(tmp_path / "data.jsonl")
     assert len(dataset) == 1
     assert (

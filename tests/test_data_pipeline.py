@@ -347,7 +347,7 @@ def write_bad_seeds(clips: Path, folder: Path) -> Path:
 def test_bad_inputs_are_counted_logged_and_the_pipeline_continues(clips, tokenizer, tmp_path, caplog):
     seeds = write_bad_seeds(clips, tmp_path)
     config = make_config(tmp_path / "work", seeds)
-    with caplog.at_level("WARNING"):
+    with caplog.at_level("WARNING", logger="opens2s"):
         rows = run_pipeline(config, STAGES[:-1], Backends(config, llm=StandInLLM(), speech_tokenizer=tokenizer))
     manifests = pipeline_status(tmp_path / "work")
     assert manifests["seed"]["failure_reasons"] == {
@@ -535,7 +535,7 @@ def test_cosyvoice2_without_its_package_says_how_to_install(monkeypatch, caplog)
     with pytest.raises(ImportError, match="--tts espeak"):
         build_tts_backend(config, "user")
     if shutil.which("espeak-ng"):
-        with caplog.at_level("WARNING"):
+        with caplog.at_level("WARNING", logger="opens2s"):
             fallback = build_tts_backend(PipelineConfig(workdir="unused", response_voice="me.wav"), "response")
         assert isinstance(fallback, EspeakTTS) and fallback.response_voice == "f3"
         assert "cosyvoice is not installed: the response speech uses espeak-ng" in caplog.text

@@ -344,7 +344,7 @@ def test_stereo_is_averaged_and_other_rates_are_resampled(tiny, example):
 
 
 def test_silence_gives_units_and_a_warning(tiny, caplog):
-    with caplog.at_level("WARNING"):
+    with caplog.at_level("WARNING", logger="opens2s"):
         (units,) = tiny.encode([np.zeros(16000, np.float32)])
     assert len(units) == math.ceil(16000 / SAMPLES_PER_UNIT)
     assert "audio 0 is digital silence" in caplog.text

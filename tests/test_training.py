@@ -378,7 +378,7 @@ def test_bad_rows_are_counted_by_reason(tester, caplog):
     ]
     path = tester.folder / "bad.jsonl"
     path.write_text("\n".join(lines) + "\n")
-    with caplog.at_level("WARNING"):
+    with caplog.at_level("WARNING", logger="opens2s"):
         dataset = load_training_dataset(path, num_units=tester.processor.num_units)
     assert len(dataset) == 2
     assert dataset[1]["messages"][1]["content"][0]["speech_units"] == "<|audio_1|><|audio_2|><|audio_3|>"
@@ -405,7 +405,7 @@ def test_datasets_with_an_audio_column(tester, tmp_path, caplog):
         }
     ).cast_column("audio", datasets.Audio(sampling_rate=16000))
     table.save_to_disk(tmp_path / "table")
-    with caplog.at_level("WARNING"):
+    with caplog.at_level("WARNING", logger="opens2s"):
         dataset = load_training_dataset(tmp_path / "table", num_units=tester.processor.num_units)
     assert len(dataset) == 2 and "skipped 1 of 3 rows (1 unreadable audio file)" in caplog.text
     batch = OpenS2SDataCollator(tester.processor)([dataset[0], dataset[1]])
