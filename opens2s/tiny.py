@@ -33,9 +33,11 @@ from .modeling_opens2s.processing_opens2s import OpenS2SProcessor
 __all__ = [
     "EXAMPLE_WAV",
     "TINY_MODEL_DIR",
+    "TINY_SPEECH_TOKENIZER_CONFIG",
     "build_llm_tokenizer",
     "build_tiny_config",
     "build_tiny_model",
+    "build_tiny_speech_tokenizer",
     "build_tiny_token2wav_config",
     "build_unit_tokenizer",
     "tiny_model_path",
@@ -269,3 +271,28 @@ def tiny_model_path() -> Path:
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return TINY_MODEL_DIR
+
+
+# The real speech tokenizer architecture at toy width: 80 mel bins; 16-dim, 2 heads, 2 layers; pooling (x4) after
+# layer 1, so layer 2 runs at 12.5 Hz with block-causal blocks of 8 // 4 = 2 pooled frames; 32 codes.
+TINY_SPEECH_TOKENIZER_CONFIG = {
+    "num_mel_bins": 80,
+    "d_model": 16,
+    "encoder_attention_heads": 2,
+    "encoder_ffn_dim": 32,
+    "quantize_position": 2,
+    "pooling_position": 1,
+    "pooling_kernel_size": 4,
+    "quantize_causal_block_size": 8,
+    "quantize_vocab_size": 32,
+}
+
+
+def build_tiny_speech_tokenizer(seed: int = 0):
+    """A tiny random [`OpenS2SSpeechTokenizer`] ([`TINY_SPEECH_TOKENIZER_CONFIG`]), for tests and demos."""
+    from .modeling_opens2s.configuration_speech_tokenizer import OpenS2SSpeechTokenizerConfig
+    from .modeling_opens2s.modeling_speech_tokenizer import OpenS2SSpeechTokenizer
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return OpenS2SSpeechTokenizer(OpenS2SSpeechTokenizerConfig(**TINY_SPEECH_TOKENIZER_CONFIG)).eval()

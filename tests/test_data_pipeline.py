@@ -29,26 +29,15 @@ from opens2s.dataset_scripts.pipeline import load_stage, pipeline_status, run_pi
 from opens2s.dataset_scripts.prompting import MalformedReply, load_prompt, parse_instructions, parse_response
 from opens2s.dataset_scripts.runner import StageAborted
 from opens2s.dataset_scripts.tts import COSYVOICE_INSTALL_HINT, CosyVoice2TTS, EspeakTTS, TTSError
-from opens2s.modeling_opens2s.configuration_speech_tokenizer import OpenS2SSpeechTokenizerConfig
 from opens2s.modeling_opens2s.modeling_speech_tokenizer import OpenS2SSpeechTokenizer
+from opens2s.tiny import TINY_SPEECH_TOKENIZER_CONFIG, build_tiny_speech_tokenizer
 
 
 needs_espeak = pytest.mark.skipif(
     shutil.which("espeak-ng") is None, reason="needs espeak-ng (apt-get install espeak-ng)"
 )
 
-# The tiny random speech tokenizer of tests/test_speech_tokenizer.py: 16-dim, 2 layers, 32 codes, 12.5 units/s.
-TINY_TOKENIZER = {
-    "num_mel_bins": 80,
-    "d_model": 16,
-    "encoder_attention_heads": 2,
-    "encoder_ffn_dim": 32,
-    "quantize_position": 2,
-    "pooling_position": 1,
-    "pooling_kernel_size": 4,
-    "quantize_causal_block_size": 8,
-    "quantize_vocab_size": 32,
-}
+NUM_CODES = TINY_SPEECH_TOKENIZER_CONFIG["quantize_vocab_size"]  # of the tiny random speech tokenizer
 
 # (espeak-ng voice, transcript, emotion, age, gender): four seed speakers that differ in every label.
 SEEDS = [
@@ -153,9 +142,7 @@ def endpoint():
 
 @pytest.fixture(scope="module")
 def tokenizer() -> OpenS2SSpeechTokenizer:
-    with torch.random.fork_rng():
-        torch.manual_seed(0)
-        return OpenS2SSpeechTokenizer(OpenS2SSpeechTokenizerConfig(**TINY_TOKENIZER)).eval()
+    return build_tiny_speech_tokenizer()
 
 
 @pytest.fixture(scope="module")
@@ -243,10 +230,10 @@ def check_trainer_reads(workdir: Path, model_dir: Path) -> None:
     from opens2s.training.collator import OpenS2SDataCollator
     from opens2s.training.data import load_original_jsonl, load_training_dataset
 
-    rows = load_original_jsonl(workdir / "units" / "train.jsonl", num_units=TINY_TOKENIZER["quantize_vocab_size"])
+    rows = load_original_jsonl(workdir / "units" / "train.jsonl", num_units=NUM_CODES)
     assert len(rows) == 8 and rows[0]["messages"][1]["content"][0]["speech_units"].startswith("<|audio_")
     for folder in (workdir / "units" / "dataset", workdir / "push" / "dataset"):
-        assert len(load_training_dataset(folder, num_units=TINY_TOKENIZER["quantize_vocab_size"])) == 8
+        assert len(load_training_dataset(folder, num_units=NUM_CODES)) == 8
     processor = AutoProcessor.from_pretrained(model_dir, trust_remote_code=True)
     batch = OpenS2SDataCollator(processor)([rows[0], rows[1]])
     assert batch["input_features"].shape[0] == 2 and batch["speech_units"].shape[0] == 2

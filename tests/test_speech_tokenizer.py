@@ -37,7 +37,8 @@ from opens2s.modeling_opens2s.feature_extraction_speech_tokenizer import split_s
 from opens2s.modeling_opens2s.modeling_speech_tokenizer import OpenS2SSpeechTokenizer, block_causal_attention_bias
 from opens2s.processing.audio_io import load_audio
 from opens2s.processing.speech_units import add_speech_units
-from opens2s.tiny import EXAMPLE_WAV
+from opens2s.tiny import EXAMPLE_WAV, build_tiny_speech_tokenizer
+from opens2s.tiny import TINY_SPEECH_TOKENIZER_CONFIG as TINY_CONFIG
 
 
 ATOL = RTOL = 1e-5
@@ -248,26 +249,11 @@ def test_model_matches_original_from_recorded_features(folder):
 
 
 # ------------------------------------------------------------------ the tiny random tokenizer
-TINY_CONFIG = {
-    # 80 mel bins; 16-dim, 2 heads, 2 layers; pooling after layer 1 so layer 2 runs on the 12.5 Hz grid with a
-    # block of 8 // 4 = 2 pooled frames; 32 codes.
-    "num_mel_bins": 80,
-    "d_model": 16,
-    "encoder_attention_heads": 2,
-    "encoder_ffn_dim": 32,
-    "quantize_position": 2,
-    "pooling_position": 1,
-    "pooling_kernel_size": 4,
-    "quantize_causal_block_size": 8,
-    "quantize_vocab_size": 32,
-}
 
 
 @pytest.fixture(scope="module")
 def tiny() -> OpenS2SSpeechTokenizer:
-    with torch.random.fork_rng():
-        torch.manual_seed(0)
-        return OpenS2SSpeechTokenizer(OpenS2SSpeechTokenizerConfig(**TINY_CONFIG)).eval()
+    return build_tiny_speech_tokenizer()
 
 
 @pytest.fixture(scope="module")
