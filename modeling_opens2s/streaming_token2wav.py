@@ -56,17 +56,20 @@ class OriginalStream:
     The original OpenS2S streaming schedule, for parity: a decoder call each time 24 units are pending
     (`finalize=False`), and a final call with the rest. Every call re-runs the flow over all earlier units with the
     earlier returned mels as prompt, reseeds 42 (our own generator, not the global one), fades 34 overlapping log-mel
-    frames with a Hamming window, prepends one cached mel frame and overwrites the first 256 source samples, and holds
-    back the last 256 samples of a non-final call. Kept on purpose: the lost mel frame per boundary from the 3rd call
-    on, and a reply that is a multiple of 24 units never vocoding its held overlap. Changed: a reply of fewer than 24
-    units works (the original raises `AttributeError` on its `prompt_feat=None`).
+    frames with a Hamming window, prepends one cached mel frame and overwrites the first hop (256) of source
+    samples, and holds back the last hop of samples of a non-final call. Kept on purpose: the lost mel frame per
+    boundary from the 3rd call on, and a reply that is a multiple of 24 units never vocoding its held overlap.
+    Changed: a reply of fewer than 24 units works (the original raises `AttributeError` on its `prompt_feat=None`).
     """
 
     def __init__(self, model: "OpenS2SToken2Wav", speaker_embedding: torch.Tensor | None = None):
         self.model = model
         self.speaker_embedding = speaker_embedding
         config = model.config
-        self.overlap_frames = int(ORIGINAL_OVERLAP_UNITS / config.input_frame_rate * config.sampling_rate / 256)
+        # The original hard-codes 22050 Hz and 256 samples per frame, the values of every released decoder's config.
+        self.overlap_frames = int(
+            ORIGINAL_OVERLAP_UNITS / config.input_frame_rate * config.sampling_rate / config.hop_length
+        )
         self.window = torch.from_numpy(np.hamming(2 * self.overlap_frames))  # float64, as the original's numpy array
         self.pending: list[int] = []
         self.history: list[int] = []
@@ -141,9 +144,10 @@ class BlockStream:
     Flow: the first chunk is `stream_first_chunk_blocks` encoder blocks, each later one twice the previous up to
     `stream_chunk_blocks`; each chunk re-reads at most `stream_left_context_blocks` earlier blocks as prompt (their
     units, and the mel already made for them as `prompt_mel`), so its cost does not grow with the answer, and the
-    flow reads `(left context + chunk) / chunk` times the units of one offline pass (1.25 with the defaults). Chunk starts are block aligned, so the
-    block-causal encoder sees the same block grid as one pass over the answer. The frame count of units `[0, n)` is
-    the decoder's `num_frames(n)`, so chunk frames add up to the offline count: nothing is lost.
+    flow reads `(left context + chunk) / chunk` times the units of one offline pass (1.25 with the defaults). Chunk
+    starts are block aligned, so the block-causal encoder sees the same block grid as one pass over the answer. The
+    frame count of units `[0, n)` is the decoder's `num_frames(n)`, so chunk frames add up to the offline count:
+    nothing is lost.
 
     Vocoder: HiFT re-reads `stream_vocoder_context_frames` earlier mel frames (their source is reused, so the
     excitation is continuous), the harmonic phases continue from the previous chunk, the last
