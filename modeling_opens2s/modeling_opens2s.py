@@ -5,7 +5,6 @@ into the LLM input at the audio placeholders -> Qwen3 LLM -> text; the LLM's las
 normalised, condition a second Qwen3 LM (the speech decoder) that writes speech units in an interleaved M:N layout.
 """
 
-import copy
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -18,7 +17,6 @@ from transformers.utils import ModelOutput, logging
 from .audio_lengths_opens2s import adapter_output_lengths, encoder_output_lengths
 from .configuration_opens2s import OpenS2SConfig
 from .interleave_opens2s import IGNORE_INDEX, build_interleaved_rows, find_speech_spans
-from .streaming_opens2s import speech_generation_config_of
 from .streaming_opens2s import stream as stream_events
 
 
@@ -478,15 +476,6 @@ class OpenS2SForConditionalGeneration(OpenS2SPreTrainedModel, GenerationMixin):
         """
         if not return_speech:
             return super().generate(input_ids, **kwargs)
-        text_budget, speech_budget = kwargs.pop("max_new_tokens", None), kwargs.pop("speech_max_new_tokens", None)
-        if text_budget is not None:
-            config = copy.deepcopy(kwargs.get("generation_config") or self.generation_config)
-            config.max_new_tokens = text_budget
-            kwargs["generation_config"] = config
-        if speech_budget is not None:
-            config = copy.deepcopy(kwargs.get("speech_generation_config") or speech_generation_config_of(self))
-            config.max_new_tokens = speech_budget
-            kwargs["speech_generation_config"] = config
         text_ids, unit_ids, audio, done = [], [], [], None
         for event in stream_events(self, input_ids=input_ids, **kwargs):
             if event.kind == "text":

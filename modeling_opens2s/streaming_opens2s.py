@@ -266,16 +266,18 @@ def _eos_ids(config: GenerationConfig, fallback) -> frozenset[int]:
 
 
 def _decode_settings(
-    config: GenerationConfig, fallback_eos, extra: LogitsProcessorList | None, device
+    config: GenerationConfig, fallback_eos, extra: LogitsProcessorList | None, device, budget: int | None = None
 ) -> _DecodeSettings:
-    """Processors in the order transformers' `generate` applies them; warpers only when sampling."""
+    """Processors in the order transformers' `generate` applies them; warpers only when sampling. `budget`, when
+    given, replaces `config.max_new_tokens` (the config itself is not changed)."""
     if (_generation_value(config, "num_beams") or 1) > 1:
         raise ValueError("stream decodes greedily or by sampling: beam search (num_beams > 1) is not supported")
     for name in _UNSUPPORTED_FIELDS:
         value = getattr(config, name, None)
         if value not in (None, 0, 1.0, []):
             logger.warning("stream ignores generation config field %s=%r", name, value)
-    budget = config.max_new_tokens if config.max_new_tokens is not None else DEFAULT_MAX_NEW_TOKENS
+    if budget is None:
+        budget = config.max_new_tokens if config.max_new_tokens is not None else DEFAULT_MAX_NEW_TOKENS
     processors = LogitsProcessorList()
     penalty = _generation_value(config, "repetition_penalty")
     if penalty is not None and penalty != 1.0:
@@ -558,6 +560,8 @@ def stream(
     attention_mask: torch.Tensor | None = None,
     generation_config: GenerationConfig | None = None,
     speech_generation_config: GenerationConfig | None = None,
+    max_new_tokens: int | None = None,
+    speech_max_new_tokens: int | None = None,
     speaker_embedding: torch.Tensor | np.ndarray | None = None,
     processor=None,
     tokenizer=None,
@@ -593,6 +597,9 @@ def stream(
         speech_generation_config ([`GenerationConfig`], *optional*):
             The speech decoder's, same fields (`max_new_tokens` = speech budget). Defaults to
             `model.speech_generation_config`, else the model folder's `speech_generation_config.json`.
+        max_new_tokens (`int`, *optional*): the text budget, instead of `generation_config.max_new_tokens`.
+        speech_max_new_tokens (`int`, *optional*): the speech budget, instead of
+            `speech_generation_config.max_new_tokens`.
         speaker_embedding (`torch.FloatTensor` of shape `(speaker_embedding_dim,)`, *optional*):
             Voice of the answer, projected into the decoder's first position; `None` means zeros (what the original
             always used).
@@ -636,10 +643,14 @@ def stream(
     if speech_generation_config is None:
         speech_generation_config = speech_generation_config_of(model)
     text_settings = _decode_settings(
-        generation_config, model.config.text_config.eos_token_id, text_logits_processor, device
+        generation_config, model.config.text_config.eos_token_id, text_logits_processor, device, max_new_tokens
     )
     speech_settings = _decode_settings(
-        speech_generation_config, model.config.speech_decoder_config.eos_token_id, speech_logits_processor, device
+        speech_generation_config,
+        model.config.speech_decoder_config.eos_token_id,
+        speech_logits_processor,
+        device,
+        speech_max_new_tokens,
     )
     if text_settings.budget < 1:
         raise ValueError(

@@ -148,26 +148,14 @@ def _add_chat_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="seed of sampling and of the voice's noise (default 0)")
 
 
-def _budget(config, budget: int | None):
-    if budget is None:
-        return config
-    from copy import deepcopy
-
-    config = deepcopy(config)
-    config.max_new_tokens = budget
-    return config
-
-
 def _run_chat(args: argparse.Namespace) -> int:
     import numpy as np
     import soundfile
 
     from .chat import load_speech_model, stream_reply
-    from .modeling_opens2s.streaming_opens2s import speech_generation_config_of
     from .tiny import EXAMPLE_WAV
 
     speech_model = load_speech_model(args.model, device=args.device, dtype=args.dtype, token2wav=args.token2wav)
-    model = speech_model.model
     if speech_model.is_tiny:
         print("Note: running the tiny RANDOM default model: the reply is noise. Use --model for a real checkpoint.")
 
@@ -175,8 +163,8 @@ def _run_chat(args: argparse.Namespace) -> int:
         speech_model,
         args.audio or EXAMPLE_WAV,
         seed=args.seed,
-        generation_config=_budget(model.generation_config, args.max_new_tokens),
-        speech_generation_config=_budget(speech_generation_config_of(model), args.max_units),
+        max_new_tokens=args.max_new_tokens,
+        speech_max_new_tokens=args.max_units,
         token2wav_mode=args.mode,
     )
     audio, stats, sample_rate = [], None, None

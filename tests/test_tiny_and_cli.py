@@ -97,13 +97,13 @@ def test_tiny_generation_configs(tiny_model_dir):
 
 
 def test_tiny_model_path_builds_once(tmp_path, monkeypatch):
-    monkeypatch.setattr(opens2s.tiny, "TINY_MODEL_DIR", tmp_path / "cache" / "tiny-v2")
+    monkeypatch.setattr(opens2s.tiny, "TINY_MODEL_DIR", tmp_path / "cache" / "tiny-v3")
     path = tiny_model_path()
-    assert path == tmp_path / "cache" / "tiny-v2"
+    assert path == tmp_path / "cache" / "tiny-v3"
     built = (path / "model.safetensors").stat().st_mtime_ns
     assert tiny_model_path() == path
     assert (path / "model.safetensors").stat().st_mtime_ns == built
-    assert [p.name for p in path.parent.iterdir()] == ["tiny-v2"]  # no staging folder left behind
+    assert [p.name for p in path.parent.iterdir()] == ["tiny-v3"]  # no staging folder left behind
 
 
 def test_example_wav_is_a_short_16khz_mono_question():
