@@ -18,6 +18,7 @@ from transformers import AutoTokenizer, GenerationConfig
 
 from .configuration_opens2s import OpenS2SConfig, parse_interleave_strategy
 from .feature_extraction_opens2s import OpenS2SFeatureExtractor
+from .modeling_opens2s import TOKEN2WAV_SUBFOLDER
 from .processing_opens2s import OpenS2SProcessor, find_unit_tokens
 from .streaming_opens2s import SPEECH_GENERATION_CONFIG_NAME
 
@@ -348,6 +349,6 @@ def convert_original_checkpoint(
     if token2wav is not None:
         from .convert_original_token2wav import convert_original_token2wav
 
-        convert_original_token2wav(token2wav, dst / "token2wav")
+        convert_original_token2wav(token2wav, dst / TOKEN2WAV_SUBFOLDER)
     logger.info("converted %s -> %s", src, dst)
     return dst

@@ -21,7 +21,7 @@ from .modeling_hift import hift_state_dict_from_original
 from .modeling_token2wav import OpenS2SToken2Wav
 
 
-__all__ = ["convert_original_token2wav", "load_original_decoder_config"]
+__all__ = ["convert_original_token2wav", "load_original_decoder_config", "save_token2wav"]
 
 logger = logging.getLogger(__name__)
 
@@ -125,8 +125,17 @@ def convert_original_token2wav(src: str | Path, dst: str | Path) -> Path:
     model = OpenS2SToken2Wav(config)
     # strict: a renamed or missing tensor is an error here, not random weights at inference.
     model.load_state_dict(state_dict, strict=True)
-    config.architectures = ["OpenS2SToken2Wav"]
-    config.auto_map = {
+    save_token2wav(model, dst)
+    logger.info("converted %s -> %s", src, dst)
+    return dst
+
+
+def save_token2wav(model: OpenS2SToken2Wav, dst: str | Path) -> None:
+    """Save `model` as a standalone token2wav folder: safetensors, `config.json` with its `auto_map`, and the remote
+    code, so `AutoModel.from_pretrained(dst, trust_remote_code=True)` loads it without opens2s installed."""
+    dst = Path(dst)
+    model.config.architectures = ["OpenS2SToken2Wav"]
+    model.config.auto_map = {
         "AutoConfig": "configuration_token2wav.OpenS2SToken2WavConfig",
         "AutoModel": "modeling_token2wav.OpenS2SToken2Wav",
     }
@@ -135,5 +144,3 @@ def convert_original_token2wav(src: str | Path, dst: str | Path) -> Path:
     here = Path(__file__).parent
     for name in TOKEN2WAV_REMOTE_CODE_FILES:
         shutil.copyfile(here / name, dst / name)
-    logger.info("converted %s -> %s", src, dst)
-    return dst

@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from .modeling_token2wav import OpenS2SToken2Wav
 
 __all__ = [
+    "TOKEN2WAV_SUBFOLDER",
     "OpenS2SAudioAdapter",
     "OpenS2SForConditionalGeneration",
     "OpenS2SGenerateOutput",

@@ -9,6 +9,7 @@ import torch
 from transformers import AutoModel, AutoProcessor
 from transformers.utils import logging
 
+from .modeling_opens2s.modeling_opens2s import TOKEN2WAV_SUBFOLDER
 from .processing.audio_io import load_audio
 
 
@@ -24,7 +25,6 @@ __all__ = [
 logger = logging.get_logger(__name__)
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-TOKEN2WAV_SUBFOLDER = "token2wav"
 
 
 class SpeechModel:

@@ -9,7 +9,6 @@ Nothing is downloaded.
 
 import os
 import shutil
-import sys
 import tempfile
 from pathlib import Path
 
@@ -20,13 +19,9 @@ from transformers.utils import logging
 
 from .modeling_opens2s.configuration_opens2s import OpenS2SConfig
 from .modeling_opens2s.configuration_token2wav import OpenS2SToken2WavConfig
-from .modeling_opens2s.convert_original_opens2s import (
-    SPEECH_GENERATION_CONFIG_NAME,
-    TOKEN2WAV_REMOTE_CODE_FILES,
-    export_remote_code,
-)
+from .modeling_opens2s.convert_original_opens2s import SPEECH_GENERATION_CONFIG_NAME, export_remote_code
 from .modeling_opens2s.feature_extraction_opens2s import OpenS2SFeatureExtractor
-from .modeling_opens2s.modeling_opens2s import OpenS2SForConditionalGeneration
+from .modeling_opens2s.modeling_opens2s import TOKEN2WAV_SUBFOLDER, OpenS2SForConditionalGeneration
 from .modeling_opens2s.processing_opens2s import OpenS2SProcessor
 
 
@@ -213,7 +208,7 @@ def build_tiny_model(output_dir: str | Path | None = None, seed: int = 0) -> Pat
     processor.save_pretrained(dst)
     _speech_generation_config(processor).save_pretrained(dst, config_file_name=SPEECH_GENERATION_CONFIG_NAME)
     export_remote_code(dst)
-    _build_tiny_token2wav(dst / "token2wav", seed)
+    _build_tiny_token2wav(dst / TOKEN2WAV_SUBFOLDER, seed)
     return dst
 
 
@@ -237,20 +232,13 @@ def build_tiny_token2wav_config(num_units: int = NUM_UNITS) -> OpenS2SToken2WavC
 
 
 def _build_tiny_token2wav(dst: Path, seed: int) -> None:
+    from .modeling_opens2s.convert_original_token2wav import save_token2wav
     from .modeling_opens2s.modeling_token2wav import OpenS2SToken2Wav
 
-    config = build_tiny_token2wav_config()
-    config.auto_map = {
-        "AutoConfig": "configuration_token2wav.OpenS2SToken2WavConfig",
-        "AutoModel": "modeling_token2wav.OpenS2SToken2Wav",
-    }
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = OpenS2SToken2Wav(config)
-    model.save_pretrained(dst)
-    here = Path(sys.modules[OpenS2SToken2Wav.__module__].__file__).parent
-    for name in TOKEN2WAV_REMOTE_CODE_FILES:
-        shutil.copyfile(here / name, dst / name)
+        model = OpenS2SToken2Wav(build_tiny_token2wav_config())
+    save_token2wav(model, dst)
 
 
 def tiny_model_path() -> Path:
