@@ -477,7 +477,7 @@ class OpenS2SForConditionalGeneration(OpenS2SPreTrainedModel, GenerationMixin):
         """
         if not return_speech:
             return super().generate(input_ids, **kwargs)
-        text_ids, unit_ids, audio, done = [], [], [], None
+        text_ids, unit_ids, audio, sampling_rate, done = [], [], [], None, None
         for event in stream_events(self, input_ids=input_ids, **kwargs):
             if event.kind == "text":
                 text_ids += event.token_ids
@@ -485,16 +485,16 @@ class OpenS2SForConditionalGeneration(OpenS2SPreTrainedModel, GenerationMixin):
                 unit_ids += event.units or []
             elif event.kind == "audio":
                 audio.append(torch.from_numpy(event.pcm))
+                sampling_rate = event.sample_rate
             else:
                 done = event
         prompt = input_ids if input_ids.dim() == 2 else input_ids[None]
         new_ids = torch.tensor([text_ids], dtype=prompt.dtype, device=prompt.device)
-        has_audio = done.stats.time_to_first_audio is not None or bool(audio)
         return OpenS2SGenerateOutput(
             sequences=torch.cat([prompt, new_ids], dim=-1),
             unit_sequences=torch.tensor([unit_ids], dtype=torch.long),
-            audio_values=torch.cat(audio)[None] if has_audio else None,
-            sampling_rate=(kwargs.get("token2wav") or self.token2wav).sampling_rate if has_audio else None,
+            audio_values=torch.cat(audio)[None] if audio else None,
+            sampling_rate=sampling_rate,
             stats=done.stats,
         )
 
