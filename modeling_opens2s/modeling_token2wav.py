@@ -9,7 +9,7 @@ from transformers.utils import ModelOutput
 from .configuration_token2wav import OpenS2SToken2WavConfig
 from .modeling_flow_matching import FlowDecoder
 from .modeling_hift import HiFTVocoder
-from .streaming_token2wav import BlockStream, OriginalStream
+from .streaming_token2wav import BlockStream, OriginalStream, check_unit_range
 
 
 __all__ = ["OpenS2SToken2Wav", "Token2WavOutput"]
@@ -111,11 +111,7 @@ class OpenS2SToken2Wav(PreTrainedModel):
             raise ValueError(
                 f"units must be a non-empty (batch_size, num_units) sequence, got shape {tuple(units.shape)}"
             )
-        if units.min() < 0 or units.max() >= self.config.vocab_size:
-            # The original clamps negative ids to 0, which hides a speech EOS leaking into the units; we refuse.
-            raise ValueError(
-                f"unit ids must lie in [0, {self.config.vocab_size}), got [{int(units.min())}, {int(units.max())}]"
-            )
+        check_unit_range(units, self.config.vocab_size)
         return units
 
     def synthesize(

@@ -21,7 +21,7 @@ if TYPE_CHECKING:
     from .modeling_token2wav import OpenS2SToken2Wav
 
 
-__all__ = ["BlockStream", "ChunkCost", "OriginalStream"]
+__all__ = ["BlockStream", "ChunkCost", "OriginalStream", "check_unit_range"]
 
 # OpenS2S model_worker: a decoder call every 24 units.
 ORIGINAL_CHUNK_UNITS = 24
@@ -39,12 +39,17 @@ class ChunkCost:
     vocoder_frames: int
 
 
+def check_unit_range(units: torch.Tensor, vocab_size: int) -> None:
+    """Refuse unit ids outside `[0, vocab_size)`. The original clamps negative ids to 0, which hides a speech EOS
+    leaking into the units; we raise instead."""
+    if units.numel() and (units.min() < 0 or units.max() >= vocab_size):
+        raise ValueError(f"unit ids must lie in [0, {vocab_size}), got [{int(units.min())}, {int(units.max())}]")
+
+
 def _unit_list(model: "OpenS2SToken2Wav", units) -> list[int]:
-    units = [int(unit) for unit in torch.as_tensor(units).reshape(-1).tolist()]
-    vocab_size = model.config.vocab_size
-    if any(unit < 0 or unit >= vocab_size for unit in units):
-        raise ValueError(f"unit ids must lie in [0, {vocab_size}), got {units}")
-    return units
+    units = torch.as_tensor(units, dtype=torch.long).reshape(-1)
+    check_unit_range(units, model.config.vocab_size)
+    return units.tolist()
 
 
 def _empty_waveform(model: "OpenS2SToken2Wav") -> torch.Tensor:
