@@ -7,7 +7,15 @@ The repository folders are installed under the single namespace `opens2s` (nothi
 from setuptools import setup
 
 
-SUBPACKAGES = ["modeling_opens2s", "processing", "training", "spaces_app", "dataset_scripts"]
+SUBPACKAGES = [
+    "modeling_opens2s",
+    "conversion",
+    "processing",
+    "training",
+    "spaces_app",
+    "dataset_scripts",
+    "evaluation",
+]
 
 extras = {
     "train": ["trl>=1.16", "peft>=0.21", "accelerate>=1.15", "datasets>=5.2"],
@@ -35,10 +43,10 @@ setup(
     long_description_content_type="text/markdown",
     license="Apache-2.0",
     python_requires=">=3.10",
-    packages=["opens2s", "opens2s.evaluation"] + [f"opens2s.{name}" for name in SUBPACKAGES],
+    packages=["opens2s"] + [f"opens2s.{name}" for name in SUBPACKAGES],
     package_dir={"opens2s": "opens2s", **{f"opens2s.{name}": name for name in SUBPACKAGES}},
     package_data={
-        "opens2s": ["assets/*.wav"],
+        "opens2s.processing": ["assets/*.wav"],
         "opens2s.training": ["accelerate_configs/*.yaml"],
         "opens2s.dataset_scripts": ["prompts/*.txt"],
     },

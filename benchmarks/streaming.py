@@ -8,8 +8,8 @@ Run from the repository root (nothing is downloaded; the model has random weight
 
 Other options: `--text-tokens 64 --units 160 --repeats 1 --dtype float32|bfloat16 --seed 0 --threads N`.
 
-Both sides run one model on one prompt: random ids around one audio (`opens2s.tiny.EXAMPLE_WAV`, 3.97 s -> 25
-placeholders) ending in the position whose hidden state is the decoder's first row (`<|im_tts_start|>`); greedy,
+Both sides run one model on one prompt: random ids around one audio (`opens2s.EXAMPLE_WAV`, 3.97 s -> 25 placeholders)
+ending in the position whose hidden state is the decoder's first row (`<|im_tts_start|>`); greedy,
 EOS ids suppressed, so each side writes exactly `--text-tokens` text ids and `--units` decoder ids.
 
 * ours: `model.stream(...)`; a token is delivered when its event reaches this loop.

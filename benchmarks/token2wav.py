@@ -43,10 +43,10 @@ from dataclasses import dataclass, field
 
 import torch
 
+from opens2s.conversion.tiny import build_tiny_token2wav_config
 from opens2s.modeling_opens2s.configuration_token2wav import OpenS2SToken2WavConfig
 from opens2s.modeling_opens2s.modeling_token2wav import OpenS2SToken2Wav
 from opens2s.modeling_opens2s.streaming_token2wav import ORIGINAL_CHUNK_UNITS, BlockStream, OriginalStream
-from opens2s.tiny import build_tiny_token2wav_config
 
 
 __all__ = ["Run", "build_model", "check_samples", "main", "run_offline", "run_stream"]

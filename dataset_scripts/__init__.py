@@ -26,12 +26,18 @@ _import_structure = {
 }
 
 if TYPE_CHECKING:
-    from .backends import Backends, OpenAICompatibleLLM, TransformersLLM, register_llm_backend, register_tts_backend
-    from .card import build_card, run_push
-    from .config import STAGES, PipelineConfig
-    from .pipeline import load_stage, pipeline_status, run_pipeline, run_stage
-    from .runner import Failure, StageAborted, StageRunner
-    from .tts import CosyVoice2TTS, EspeakTTS
+    from opens2s.dataset_scripts.backends import (
+        Backends,
+        OpenAICompatibleLLM,
+        TransformersLLM,
+        register_llm_backend,
+        register_tts_backend,
+    )
+    from opens2s.dataset_scripts.card import build_card, run_push
+    from opens2s.dataset_scripts.config import STAGES, PipelineConfig
+    from opens2s.dataset_scripts.pipeline import load_stage, pipeline_status, run_pipeline, run_stage
+    from opens2s.dataset_scripts.runner import Failure, StageAborted, StageRunner
+    from opens2s.dataset_scripts.tts import CosyVoice2TTS, EspeakTTS
 else:
     import sys
 

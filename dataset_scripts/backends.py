@@ -22,7 +22,7 @@ import logging
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from .config import PipelineConfig
+from opens2s.dataset_scripts.config import PipelineConfig
 
 
 __all__ = [
@@ -122,7 +122,7 @@ class TransformersLLM:
 
 
 def _openai(config: PipelineConfig) -> OpenAICompatibleLLM:
-    from ..llm_client import ChatCompletionsClient
+    from opens2s.processing.chat_completions import ChatCompletionsClient
 
     if not config.llm_model:
         raise ValueError("the openai LLM backend needs --llm-model (the model name the endpoint serves)")
@@ -150,14 +150,14 @@ LLM_BACKENDS: dict[str, Callable[[PipelineConfig], LLMBackend]] = {"openai": _op
 def _espeak(config: PipelineConfig, role: str):
     from pathlib import Path
 
-    from .tts import EspeakTTS
+    from opens2s.dataset_scripts.tts import EspeakTTS
 
     voice = config.response_voice if role == "response" else None
     return EspeakTTS(response_voice=None if voice and Path(voice).suffix else voice)  # a .wav is CosyVoice's
 
 
 def _cosyvoice2(config: PipelineConfig, role: str):
-    from .tts import CosyVoice2TTS
+    from opens2s.dataset_scripts.tts import CosyVoice2TTS
 
     return CosyVoice2TTS(config.cosyvoice_model, response_voice=config.response_voice if role == "response" else None)
 
@@ -251,7 +251,7 @@ class Backends:
         return self._get("tokenizer", self._load_tokenizer)
 
     def _load_tokenizer(self):
-        from ..modeling_opens2s.modeling_speech_tokenizer import OpenS2SSpeechTokenizer
+        from opens2s.modeling_opens2s.modeling_speech_tokenizer import OpenS2SSpeechTokenizer
 
         tokenizer = OpenS2SSpeechTokenizer.from_pretrained(self.config.speech_tokenizer)
         return tokenizer.to(self.config.device).eval()

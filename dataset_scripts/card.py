@@ -13,7 +13,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from .config import STAGES, PipelineConfig
+from opens2s.dataset_scripts.config import STAGES, PipelineConfig
 
 
 __all__ = ["build_card", "run_push"]

@@ -11,7 +11,7 @@ Also `python -m opens2s.dataset_scripts ...`. This module imports only the stand
 import argparse
 import sys
 
-from .config import STAGES, add_config_arguments, config_from_arguments
+from opens2s.dataset_scripts.config import STAGES, add_config_arguments, config_from_arguments
 
 
 __all__ = ["add_arguments", "main", "run"]
@@ -29,7 +29,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _print_status(workdir) -> None:
-    from .pipeline import pipeline_status
+    from opens2s.dataset_scripts.pipeline import pipeline_status
 
     for stage, status in pipeline_status(workdir).items():
         if "inputs" in status:
@@ -42,8 +42,8 @@ def _print_status(workdir) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run the parsed `opens2s data` command; returns the exit status."""
-    from .pipeline import run_pipeline
-    from .runner import StageAborted
+    from opens2s.dataset_scripts.pipeline import run_pipeline
+    from opens2s.dataset_scripts.runner import StageAborted
 
     if args.stage == "status":
         _print_status(args.workdir)

@@ -16,8 +16,8 @@ import json
 import logging
 from pathlib import Path
 
-from .backends import Backends
-from .config import STAGES, PipelineConfig
+from opens2s.dataset_scripts.backends import Backends
+from opens2s.dataset_scripts.config import STAGES, PipelineConfig
 
 
 __all__ = ["load_stage", "pipeline_status", "run_pipeline", "run_stage"]
@@ -37,8 +37,8 @@ def load_stage(workdir: str | Path, stage: str):
 
 def run_stage(stage: str, config: PipelineConfig, backends: Backends | None = None):
     """Run one stage on the output of the stage before it; returns the stage's dataset."""
-    from .card import run_push
-    from .stages import STAGE_FUNCTIONS
+    from opens2s.dataset_scripts.card import run_push
+    from opens2s.dataset_scripts.stages import STAGE_FUNCTIONS
 
     if stage not in STAGES:
         raise ValueError(f"unknown stage {stage!r}; stages: {', '.join(STAGES)}")

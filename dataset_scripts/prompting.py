@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .labels import display_label
+from opens2s.dataset_scripts.labels import display_label
 
 
 __all__ = [

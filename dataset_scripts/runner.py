@@ -33,7 +33,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from .config import PipelineConfig
+from opens2s.dataset_scripts.config import PipelineConfig
 
 
 __all__ = ["Failure", "StageAborted", "StageRunner", "map_rows", "write_atomic"]

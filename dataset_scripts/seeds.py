@@ -26,7 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from .config import PipelineConfig
+from opens2s.dataset_scripts.config import PipelineConfig
 
 
 __all__ = ["SEED_COLUMN_ALIASES", "SeedSource", "read_seed_source"]

@@ -24,9 +24,16 @@ from pathlib import Path
 
 import numpy as np
 
-from .config import PipelineConfig
-from .labels import TONES, LabelError, normalize_age, normalize_emotion, normalize_gender, normalize_tone
-from .prompting import (
+from opens2s.dataset_scripts.config import PipelineConfig
+from opens2s.dataset_scripts.labels import (
+    TONES,
+    LabelError,
+    normalize_age,
+    normalize_emotion,
+    normalize_gender,
+    normalize_tone,
+)
+from opens2s.dataset_scripts.prompting import (
     MalformedReply,
     dedup_key,
     label_values,
@@ -35,8 +42,8 @@ from .prompting import (
     parse_response,
     prompt_languages,
 )
-from .runner import Failure, StageRunner, map_rows, write_atomic
-from .seeds import read_seed_source
+from opens2s.dataset_scripts.runner import Failure, StageRunner, map_rows, write_atomic
+from opens2s.dataset_scripts.seeds import read_seed_source
 
 
 __all__ = [
@@ -69,8 +76,8 @@ class RowFailure(Exception):
 
 def _failure(row_id: str, source_id: str, error: Exception) -> Failure:
     """The recorded reason of an exception raised while processing a row."""
-    from ..llm_client import ChatCompletionsError
-    from .tts import TTSError
+    from opens2s.dataset_scripts.tts import TTSError
+    from opens2s.processing.chat_completions import ChatCompletionsError
 
     if isinstance(error, (RowFailure, MalformedReply)):
         return Failure(row_id, source_id, error.reason, error.detail)
@@ -222,7 +229,7 @@ def _read_seed_audio(value) -> np.ndarray:
     import soundfile
     import soxr
 
-    from ..processing.audio_io import load_audio
+    from opens2s.processing.audio_io import load_audio
 
     if isinstance(value, dict) and value.get("bytes") is None and value.get("array") is None:
         value = value.get("path")

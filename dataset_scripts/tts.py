@@ -39,7 +39,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..processing.audio_io import TARGET_SAMPLING_RATE
+from opens2s.processing.audio_io import TARGET_SAMPLING_RATE
 
 
 __all__ = ["COSYVOICE_INSTALL_HINT", "CosyVoice2TTS", "EspeakTTS", "EspeakVoice", "TTSError"]

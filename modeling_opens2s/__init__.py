@@ -1,5 +1,5 @@
 """OpenS2S as flat remote-code modules: the model (config, feature extractor, processor, streaming engine), the
-token2wav decoder, the speech tokenizer, and the converters of the original checkpoints."""
+token2wav decoder and the speech tokenizer. The converters of the original checkpoints live in `opens2s.conversion`."""
 
 from typing import TYPE_CHECKING
 
@@ -16,21 +16,17 @@ _import_structure = {
     ],
     "feature_extraction_opens2s": ["OpenS2SFeatureExtractor"],
     "processing_opens2s": ["OpenS2SProcessor"],
-    "convert_original_opens2s": ["convert_original_checkpoint", "export_remote_code"],
     "streaming_opens2s": ["AudioChunk", "Done", "SpeechUnits", "TextDelta", "stream"],
     "configuration_speech_tokenizer": ["OpenS2SSpeechTokenizerConfig"],
     "modeling_speech_tokenizer": ["OpenS2SSpeechTokenizer", "OpenS2SSpeechTokenizerOutput"],
     "configuration_token2wav": ["OpenS2SToken2WavConfig"],
     "modeling_token2wav": ["OpenS2SToken2Wav", "Token2WavOutput"],
-    "convert_original_token2wav": ["convert_original_token2wav"],
 }
 
 if TYPE_CHECKING:
     from .configuration_opens2s import OpenS2SConfig
     from .configuration_speech_tokenizer import OpenS2SSpeechTokenizerConfig
     from .configuration_token2wav import OpenS2SToken2WavConfig
-    from .convert_original_opens2s import convert_original_checkpoint, export_remote_code
-    from .convert_original_token2wav import convert_original_token2wav
     from .feature_extraction_opens2s import OpenS2SFeatureExtractor
     from .modeling_opens2s import (
         OpenS2SForConditionalGeneration,

@@ -1,6 +1,6 @@
 """`python -m opens2s ...` runs the `opens2s` command line (see `opens2s.cli`)."""
 
-from .cli import main
+from opens2s.cli import main
 
 
 __all__: list[str] = []

@@ -82,7 +82,7 @@ def _add_convert_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _run_convert(args: argparse.Namespace) -> int:
-    from .modeling_opens2s.convert_original_opens2s import convert_original_checkpoint
+    from opens2s.conversion.convert_original_opens2s import convert_original_checkpoint
 
     dst = convert_original_checkpoint(
         args.src,
@@ -105,7 +105,7 @@ def _add_convert_token2wav_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _run_convert_token2wav(args: argparse.Namespace) -> int:
-    from .modeling_opens2s.convert_original_token2wav import convert_original_token2wav
+    from opens2s.conversion.convert_original_token2wav import convert_original_token2wav
 
     print(convert_original_token2wav(args.src, args.dst))
     return 0
@@ -119,7 +119,7 @@ def _add_tiny_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _run_tiny(args: argparse.Namespace) -> int:
-    from .tiny import build_tiny_model, tiny_model_path
+    from opens2s.conversion.tiny import build_tiny_model, tiny_model_path
 
     if args.dst is None:
         if args.seed is not None:
@@ -152,8 +152,7 @@ def _run_chat(args: argparse.Namespace) -> int:
     import numpy as np
     import soundfile
 
-    from .chat import load_speech_model, stream_reply
-    from .tiny import EXAMPLE_WAV
+    from opens2s.processing.chat import EXAMPLE_WAV, load_speech_model, stream_reply
 
     speech_model = load_speech_model(args.model, device=args.device, dtype=args.dtype, token2wav=args.token2wav)
     if speech_model.is_tiny:
@@ -217,8 +216,8 @@ def _run_units(args: argparse.Namespace) -> int:
 
     import torch
 
-    from .modeling_opens2s.modeling_speech_tokenizer import OpenS2SSpeechTokenizer
-    from .processing.speech_units import encode_files
+    from opens2s.modeling_opens2s.modeling_speech_tokenizer import OpenS2SSpeechTokenizer
+    from opens2s.processing.speech_units import encode_files
 
     if args.out.exists() and not args.overwrite:
         raise ValueError(f"{args.out} exists; pass --overwrite to replace it")
@@ -241,7 +240,7 @@ def _run_units(args: argparse.Namespace) -> int:
 
 
 def _add_train_arguments(parser: argparse.ArgumentParser) -> None:
-    from .training.stages import STAGE_PRESETS
+    from opens2s.training.stages import STAGE_PRESETS
 
     stages = "; ".join(f"{name}: paper stage {preset.paper_stage}" for name, preset in STAGE_PRESETS.items())
     parser.add_argument("--stage", required=True, choices=list(STAGE_PRESETS), help=f"training stage ({stages})")
@@ -260,7 +259,7 @@ def _add_train_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _run_train(args: argparse.Namespace) -> int:
-    from .training.train import main as train_main
+    from opens2s.training.train import main as train_main
 
     extra = args.training_args[1:] if args.training_args[:1] == ["--"] else args.training_args
     argv = ["--stage", args.stage, "--model_name_or_path", args.model, "--dataset_name", args.data]
@@ -270,37 +269,37 @@ def _run_train(args: argparse.Namespace) -> int:
 
 
 def _add_data_arguments(parser: argparse.ArgumentParser) -> None:
-    from .dataset_scripts.cli import add_arguments  # standard library only: the pipeline loads in `run`
+    from opens2s.dataset_scripts.cli import add_arguments  # standard library only: the pipeline loads in `run`
 
     add_arguments(parser)
 
 
 def _run_data(args: argparse.Namespace) -> int:
-    from .dataset_scripts.cli import run
+    from opens2s.dataset_scripts.cli import run
 
     return run(args)
 
 
 def _add_eval_arguments(parser: argparse.ArgumentParser) -> None:
-    from .evaluation.command import add_eval_arguments  # argparse only: torch and datasets load in `run`
+    from opens2s.evaluation.command import add_eval_arguments  # argparse only: torch and datasets load in `run`
 
     add_eval_arguments(parser)
 
 
 def _run_eval(args: argparse.Namespace) -> int:
-    from .evaluation.command import run_eval
+    from opens2s.evaluation.command import run_eval
 
     return run_eval(args)
 
 
 def _add_space_arguments(parser: argparse.ArgumentParser) -> None:
-    from .spaces_app import add_arguments  # argparse only: gradio is imported by `run`
+    from opens2s.spaces_app import add_arguments  # argparse only: gradio is imported by `run`
 
     add_arguments(parser)
 
 
 def _run_space(args: argparse.Namespace) -> int:
-    from .spaces_app.app import run
+    from opens2s.spaces_app.app import run
 
     return run(args)
 

@@ -1,7 +1,34 @@
-"""Audio I/O and the OpenS2S processor (the processor itself lives with the remote-code model files)."""
+"""Inputs and outputs around the model: audio in, chat inputs, speech units for datasets, the chat-completions client.
 
-from ..modeling_opens2s.processing_opens2s import OpenS2SProcessor
-from .audio_io import TARGET_SAMPLING_RATE, load_audio
+Every name loads on first use: `import opens2s.processing` imports neither torch nor transformers' models. The
+processor itself lives with the remote-code model files (`opens2s.modeling_opens2s.processing_opens2s`).
+"""
+
+from typing import TYPE_CHECKING
+
+from transformers.utils import _LazyModule
 
 
-__all__ = ["OpenS2SProcessor", "load_audio", "TARGET_SAMPLING_RATE"]
+_import_structure = {
+    "audio_io": ["TARGET_SAMPLING_RATE", "load_audio"],
+    "chat": ["DTYPES", "EXAMPLE_WAV", "SpeechModel", "conversation_inputs", "load_speech_model", "stream_reply"],
+    "chat_completions": ["ChatCompletionsClient", "ChatCompletionsError"],
+    "speech_units": ["add_speech_units", "encode_files"],
+}
+
+if TYPE_CHECKING:
+    from opens2s.processing.audio_io import TARGET_SAMPLING_RATE, load_audio
+    from opens2s.processing.chat import (
+        DTYPES,
+        EXAMPLE_WAV,
+        SpeechModel,
+        conversation_inputs,
+        load_speech_model,
+        stream_reply,
+    )
+    from opens2s.processing.chat_completions import ChatCompletionsClient, ChatCompletionsError
+    from opens2s.processing.speech_units import add_speech_units, encode_files
+else:
+    import sys
+
+    sys.modules[__name__] = _LazyModule(__name__, __file__, _import_structure, module_spec=__spec__)

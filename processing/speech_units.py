@@ -16,8 +16,8 @@ from typing import Any
 
 import numpy as np
 
-from ..modeling_opens2s.feature_extraction_speech_tokenizer import load_waveform
-from .audio_io import TARGET_SAMPLING_RATE, load_audio
+from opens2s.modeling_opens2s.feature_extraction_speech_tokenizer import load_waveform
+from opens2s.processing.audio_io import TARGET_SAMPLING_RATE, load_audio
 
 
 __all__ = ["add_speech_units", "encode_files"]

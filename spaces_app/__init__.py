@@ -68,6 +68,6 @@ def main(argv: list[str] | None = None) -> int:
     """Parse `argv` (default `sys.argv[1:]`), load the model once and serve the app until interrupted."""
     parser = argparse.ArgumentParser(prog="python -m opens2s.spaces_app", description="The OpenS2S Gradio app.")
     add_arguments(parser)
-    from .app import run
+    from opens2s.spaces_app.app import run
 
     return run(parser.parse_args(argv))

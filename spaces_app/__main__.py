@@ -1,6 +1,6 @@
 """`python -m opens2s.spaces_app [--model ...]`: serve the OpenS2S Gradio app."""
 
-from . import main
+from opens2s.spaces_app import main
 
 
 __all__ = []

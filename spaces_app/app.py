@@ -2,8 +2,8 @@
 
 Runs as a Hugging Face Space (this file is the Space's `app_file`) and locally (`python -m opens2s.spaces_app`,
 `opens2s space`). The model is loaded once at start-up (bf16 on CUDA); every answer is one `model.stream` event
-iterator from `opens2s.chat.stream_reply`, the same one the `opens2s chat` CLI consumes, so there is no second
-generation code path here. The handler turns its events into UI updates:
+iterator from `opens2s.processing.chat.stream_reply`, the same one the `opens2s chat` CLI consumes, so there is no
+second generation code path here. The handler turns its events into UI updates:
 
 - `TextDelta` -> the assistant message grows in the chat;
 - `SpeechUnits` -> a unit counter in the status line (every `UNIT_UPDATE_EVERY` units);
@@ -36,9 +36,9 @@ import gradio as gr
 import numpy as np
 import torch
 
-from opens2s.chat import SpeechModel, load_speech_model, stream_reply
 from opens2s.modeling_opens2s.streaming_opens2s import speech_generation_config_of
 from opens2s.processing.audio_io import load_audio
+from opens2s.processing.chat import SpeechModel, load_speech_model, stream_reply
 
 
 __all__ = [
@@ -184,7 +184,7 @@ class OpenS2SSpace:
     """The app's state shared by all sessions (the model, loaded once; its voices; the budgets) and its handler.
 
     Args:
-        speech_model ([`SpeechModel`]): from `opens2s.chat.load_speech_model`.
+        speech_model ([`SpeechModel`]): from `opens2s.processing.chat.load_speech_model`.
         speakers (`dict[str, Path]`, *optional*): voice files by name (see [`find_speakers`]).
         max_new_tokens (`int`, *optional*): text budget per answer; default the model's generation config.
         max_units (`int`, *optional*): speech unit budget per answer; default the speech generation config.
@@ -337,7 +337,7 @@ def build_demo(space: OpenS2SSpace, concurrency_limit: int = 2, max_queue_size: 
             together); further requests wait in the queue.
         max_queue_size (`int`, *optional*, defaults to 32): requests that may wait; more are refused.
     """
-    from opens2s.tiny import EXAMPLE_WAV
+    from opens2s.processing.chat import EXAMPLE_WAV
 
     temperature_default, top_p_default = space.default_sampling()
     with gr.Blocks(title="OpenS2S") as demo:
@@ -404,7 +404,7 @@ def _device_and_dtype(device: str, dtype: str) -> tuple[str, str]:
 def run(args: argparse.Namespace) -> int:
     """Load the model once, build the app and serve it until interrupted (the options of
     `opens2s.spaces_app.add_arguments`)."""
-    from opens2s.tiny import EXAMPLE_WAV
+    from opens2s.processing.chat import EXAMPLE_WAV
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     if args.threads is not None:

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from opens2s.tiny import build_tiny_model
+from opens2s.conversion.tiny import build_tiny_model
 
 
 __all__ = ["single_thread", "tiny_model_dir"]

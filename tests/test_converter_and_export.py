@@ -12,7 +12,7 @@ from safetensors.torch import load_file, save_file
 from transformers import AutoProcessor
 
 from fixture_sets import reference_sets, requires_reference
-from opens2s.modeling_opens2s.convert_original_opens2s import convert_original_checkpoint
+from opens2s.conversion.convert_original_opens2s import convert_original_checkpoint
 from opens2s.training import OpenS2SDataCollator, load_original_jsonl
 
 
@@ -198,7 +198,7 @@ def test_speech_generation_config_allows_only_units_and_eos(converted):
     units only."""
     from transformers import AutoModel, GenerationConfig
 
-    from opens2s.modeling_opens2s.convert_original_opens2s import SPEECH_GENERATION_CONFIG_NAME
+    from opens2s.conversion.convert_original_opens2s import SPEECH_GENERATION_CONFIG_NAME
 
     processor = AutoProcessor.from_pretrained(converted, trust_remote_code=True)
     model = AutoModel.from_pretrained(converted, trust_remote_code=True).eval()

@@ -22,6 +22,7 @@ import numpy as np
 import pytest
 import torch
 
+from opens2s.conversion.tiny import TINY_SPEECH_TOKENIZER_CONFIG, build_tiny_speech_tokenizer
 from opens2s.dataset_scripts.backends import Backends, TransformersLLM, build_llm_backend, build_tts_backend
 from opens2s.dataset_scripts.config import STAGES, PipelineConfig
 from opens2s.dataset_scripts.labels import TONES, LabelError, normalize_age, normalize_emotion, normalize_gender
@@ -30,7 +31,6 @@ from opens2s.dataset_scripts.prompting import MalformedReply, load_prompt, parse
 from opens2s.dataset_scripts.runner import StageAborted
 from opens2s.dataset_scripts.tts import COSYVOICE_INSTALL_HINT, CosyVoice2TTS, EspeakTTS, TTSError
 from opens2s.modeling_opens2s.modeling_speech_tokenizer import OpenS2SSpeechTokenizer
-from opens2s.tiny import TINY_SPEECH_TOKENIZER_CONFIG, build_tiny_speech_tokenizer
 
 
 needs_espeak = pytest.mark.skipif(
@@ -420,7 +420,7 @@ def test_speech_failures_and_a_dead_llm_are_recorded(clips, tokenizer, tmp_path)
 
     class DeadLLM:
         def complete(self, messages, **params):
-            from opens2s.llm_client import ChatCompletionsError
+            from opens2s.processing.chat_completions import ChatCompletionsError
 
             raise ChatCompletionsError("http://127.0.0.1:9/v1: connection refused")
 
@@ -579,7 +579,7 @@ def test_transformers_backend_on_a_tiny_qwen3():
     """The local-model backend: chat template, generate, new tokens decoded; seeded sampling repeats itself."""
     from transformers import Qwen3Config, Qwen3ForCausalLM
 
-    from opens2s.tiny import build_llm_tokenizer
+    from opens2s.conversion.tiny import build_llm_tokenizer
 
     tokenizer = build_llm_tokenizer()
     tokenizer.chat_template = (

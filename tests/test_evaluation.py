@@ -30,7 +30,7 @@ from opens2s.evaluation.speech_metrics import (
     speech_rate,
     text_speech_consistency,
 )
-from opens2s.llm_client import ChatCompletionsError
+from opens2s.processing.chat_completions import ChatCompletionsError
 
 
 RATE = 16000

@@ -10,7 +10,7 @@ from safetensors.torch import load_file
 from transformers import AutoModel, AutoProcessor
 
 from fixture_sets import collapse_audio, load_manifest, reference_sets, requires_reference
-from opens2s.modeling_opens2s.convert_original_opens2s import convert_original_checkpoint
+from opens2s.conversion.convert_original_opens2s import convert_original_checkpoint
 from opens2s.training import OpenS2SDataCollator, load_original_jsonl
 
 

@@ -20,12 +20,17 @@ import torch
 
 gr = pytest.importorskip("gradio", reason="the Space needs gradio: pip install -e '.[space]' (or '.[test]')")
 
-from opens2s.chat import conversation_inputs, load_speech_model, spoken_turn_inputs, stream_reply  # noqa: E402
 from opens2s.cli import build_parser  # noqa: E402
 from opens2s.modeling_opens2s.streaming_opens2s import speech_generation_config_of  # noqa: E402
+from opens2s.processing.chat import (  # noqa: E402
+    EXAMPLE_WAV,  # noqa: E402
+    conversation_inputs,
+    load_speech_model,
+    spoken_turn_inputs,
+    stream_reply,
+)
 from opens2s.spaces_app import app as space_app  # noqa: E402
 from opens2s.spaces_app.app import DEFAULT_VOICE, OpenS2SSpace, build_demo, find_speakers, wav_bytes  # noqa: E402
-from opens2s.tiny import EXAMPLE_WAV  # noqa: E402
 
 
 pytestmark = pytest.mark.usefixtures("single_thread")

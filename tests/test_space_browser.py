@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pytest
 
-from opens2s.tiny import EXAMPLE_WAV
+from opens2s.processing.chat import EXAMPLE_WAV
 
 
 REPO_ROOT = Path(__file__).resolve().parents[1]

@@ -12,8 +12,8 @@ import torch
 from transformers import AutoModel, GenerationConfig
 
 from opens2s import EXAMPLE_WAV
-from opens2s.chat import load_speech_model, spoken_turn_inputs
 from opens2s.cli import main
+from opens2s.processing.chat import load_speech_model, spoken_turn_inputs
 
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -131,9 +131,9 @@ def test_chat_cli_writes_the_reply_and_reports_latency(tiny_model_dir, tmp_path,
 
 
 def test_chat_cli_says_when_it_runs_the_tiny_model(tiny_model_dir, tmp_path, capsys, monkeypatch):
-    import opens2s.tiny
+    import opens2s.conversion.tiny
 
-    monkeypatch.setattr(opens2s.tiny, "tiny_model_path", lambda: tiny_model_dir)
+    monkeypatch.setattr(opens2s.conversion.tiny, "tiny_model_path", lambda: tiny_model_dir)
     assert main(["chat", "--out", str(tmp_path / "reply.wav"), "--max-new-tokens", "2", "--max-units", "12"]) == 0
     assert "tiny RANDOM default model" in capsys.readouterr().out
 

@@ -28,6 +28,8 @@ from safetensors.torch import load_file, save_file
 
 from fixture_sets import FIXTURES_DIR, load_manifest
 from opens2s.cli import main
+from opens2s.conversion.tiny import TINY_SPEECH_TOKENIZER_CONFIG as TINY_CONFIG
+from opens2s.conversion.tiny import build_tiny_speech_tokenizer
 from opens2s.modeling_opens2s.configuration_speech_tokenizer import (
     OpenS2SSpeechTokenizerConfig,
     convert_whisper_vq_config,
@@ -36,9 +38,8 @@ from opens2s.modeling_opens2s.feature_extraction_opens2s import resample
 from opens2s.modeling_opens2s.feature_extraction_speech_tokenizer import split_segments
 from opens2s.modeling_opens2s.modeling_speech_tokenizer import OpenS2SSpeechTokenizer, block_causal_attention_bias
 from opens2s.processing.audio_io import load_audio
+from opens2s.processing.chat import EXAMPLE_WAV
 from opens2s.processing.speech_units import add_speech_units
-from opens2s.tiny import EXAMPLE_WAV, build_tiny_speech_tokenizer
-from opens2s.tiny import TINY_SPEECH_TOKENIZER_CONFIG as TINY_CONFIG
 
 
 ATOL = RTOL = 1e-5
@@ -444,8 +445,8 @@ def test_datasets_map_adds_units(tiny, example):
 def test_round_trip_through_token2wav(tiny):
     """units -> token2wav (22.05 kHz) -> tokenizer (resampled to 16 kHz) -> units: rates and lengths line up. Both
     models are random, so only shapes and rates are asserted, not the ids."""
+    from opens2s.conversion.tiny import build_tiny_token2wav_config
     from opens2s.modeling_opens2s.modeling_token2wav import OpenS2SToken2Wav
-    from opens2s.tiny import build_tiny_token2wav_config
 
     config = build_tiny_token2wav_config(num_units=TINY_CONFIG["quantize_vocab_size"])
     config.num_timesteps = 2

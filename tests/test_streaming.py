@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 from transformers import AutoModel, AutoProcessor, GenerationConfig
 
 from fixture_sets import FIXTURES_DIR, collapse_audio, load_manifest, reference_sets
-from opens2s.modeling_opens2s.convert_original_opens2s import (
+from opens2s.conversion.convert_original_opens2s import (
     SPEECH_GENERATION_CONFIG_NAME,
     convert_original_checkpoint,
 )

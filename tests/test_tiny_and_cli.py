@@ -10,10 +10,11 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoModel, AutoProcessor, GenerationConfig
 
-import opens2s.tiny
+import opens2s.conversion.tiny
 from fixture_sets import FIXTURES_DIR
 from opens2s.cli import main, parse_size
-from opens2s.tiny import EXAMPLE_WAV, build_tiny_model, tiny_model_path
+from opens2s.conversion.tiny import build_tiny_model, tiny_model_path
+from opens2s.processing.chat import EXAMPLE_WAV
 
 
 REFERENCE_A = FIXTURES_DIR / "reference_a"
@@ -97,7 +98,7 @@ def test_tiny_generation_configs(tiny_model_dir):
 
 
 def test_tiny_model_path_builds_once(tmp_path, monkeypatch):
-    monkeypatch.setattr(opens2s.tiny, "TINY_MODEL_DIR", tmp_path / "cache" / "tiny-v3")
+    monkeypatch.setattr(opens2s.conversion.tiny, "TINY_MODEL_DIR", tmp_path / "cache" / "tiny-v3")
     path = tiny_model_path()
     assert path == tmp_path / "cache" / "tiny-v3"
     built = (path / "model.safetensors").stat().st_mtime_ns

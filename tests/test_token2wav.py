@@ -11,10 +11,10 @@ import torch
 from safetensors.torch import load_file
 
 from fixture_sets import recorded_calls, requires_token2wav, token2wav_sets
+from opens2s.conversion.convert_original_token2wav import convert_original_token2wav
+from opens2s.conversion.tiny import build_tiny_token2wav_config
 from opens2s.modeling_opens2s.configuration_token2wav import OpenS2SToken2WavConfig
-from opens2s.modeling_opens2s.convert_original_token2wav import convert_original_token2wav
 from opens2s.modeling_opens2s.modeling_token2wav import OpenS2SToken2Wav
-from opens2s.tiny import build_tiny_token2wav_config
 
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -272,7 +272,7 @@ def test_opens2s_folder_carries_its_token2wav(folder, tmp_path):
     references = reference_sets()
     if not references:
         pytest.skip("no reference_* fixture set to pair with")
-    from opens2s.modeling_opens2s.convert_original_opens2s import convert_original_checkpoint
+    from opens2s.conversion.convert_original_opens2s import convert_original_checkpoint
 
     dst = convert_original_checkpoint(references[0].values[0], tmp_path / "model", token2wav=folder)
     model = AutoModel.from_pretrained(dst, trust_remote_code=True)

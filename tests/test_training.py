@@ -1,7 +1,8 @@
 """Training OpenS2S with `OpenS2STrainer` on CPU: every stage, loss parity with the original, resume, LoRA, the
 training script under `accelerate launch` with two processes, and the data loaders.
 
-Sizes: the tiny model of `opens2s.tiny` (LLM hidden 64, 2 layers, ~400 tokens; speech decoder hidden 48, 64 units).
+Sizes: the tiny model (`opens2s.conversion.tiny`; LLM hidden 64, 2 layers, ~400 tokens; speech decoder hidden 48,
+64 units).
 A training row is ~45 LLM positions: system turn (~10 tokens) + user turn (1 s of audio = 100 mel frames -> 25
 encoder frames -> 7 adapter positions, or ~8 text tokens) + assistant turn (~20 tokens); a spoken answer gives the
 speech decoder 1 speaker slot + ~20 hidden states + 17 units (16 + EOS). Each audio is encoded as one 30 s window
@@ -22,7 +23,7 @@ from safetensors.torch import load_file
 from transformers import AutoModel, AutoProcessor, TrainerCallback
 
 from fixture_sets import load_manifest, reference_sets, requires_reference
-from opens2s.modeling_opens2s.convert_original_opens2s import convert_original_checkpoint
+from opens2s.conversion.convert_original_opens2s import convert_original_checkpoint
 from opens2s.training import (
     OpenS2SDataCollator,
     OpenS2SSFTConfig,

@@ -30,9 +30,14 @@ _import_structure = {
 }
 
 if TYPE_CHECKING:
-    from .collator import DEFAULT_SYSTEM_PROMPT, OpenS2SDataCollator, OpenS2STextToUnitsCollator, build_collator
-    from .config import OpenS2SSFTConfig
-    from .data import (
+    from opens2s.training.collator import (
+        DEFAULT_SYSTEM_PROMPT,
+        OpenS2SDataCollator,
+        OpenS2STextToUnitsCollator,
+        build_collator,
+    )
+    from opens2s.training.config import OpenS2SSFTConfig
+    from opens2s.training.data import (
         alignment_prompt,
         build_alignment_rows,
         decode_audio,
@@ -41,8 +46,15 @@ if TYPE_CHECKING:
         parse_speech_units,
         row_messages,
     )
-    from .stages import STAGE_PRESETS, StagePreset, apply_stage, build_lora_config, get_stage, trainable_parts
-    from .trainer import OpenS2STrainer
+    from opens2s.training.stages import (
+        STAGE_PRESETS,
+        StagePreset,
+        apply_stage,
+        build_lora_config,
+        get_stage,
+        trainable_parts,
+    )
+    from opens2s.training.trainer import OpenS2STrainer
 else:
     import sys
 

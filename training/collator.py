@@ -5,8 +5,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ..modeling_opens2s.audio_lengths_opens2s import audio_embedding_lengths
-from .data import decode_audio, row_messages
+from opens2s.modeling_opens2s.audio_lengths_opens2s import audio_embedding_lengths
+from opens2s.training.data import decode_audio, row_messages
 
 
 __all__ = ["DEFAULT_SYSTEM_PROMPT", "OpenS2SDataCollator", "OpenS2STextToUnitsCollator", "build_collator"]

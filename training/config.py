@@ -5,7 +5,7 @@ from typing import Any
 
 from trl import SFTConfig
 
-from .stages import STAGE_PRESETS
+from opens2s.training.stages import STAGE_PRESETS
 
 
 __all__ = ["OpenS2SSFTConfig"]

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 from transformers.utils import logging
 
-from ..processing.audio_io import TARGET_SAMPLING_RATE, load_audio
+from opens2s.processing.audio_io import TARGET_SAMPLING_RATE, load_audio
 
 
 __all__ = [

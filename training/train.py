@@ -79,7 +79,7 @@ def parse_arguments(argv: list[str] | None = None):
     """`(script_args, training_args, model_args)` from `argv` (default `sys.argv[1:]`) and an optional `--config`."""
     from trl import ModelConfig, TrlParser
 
-    from .config import OpenS2SSFTConfig
+    from opens2s.training.config import OpenS2SSFTConfig
 
     parser = TrlParser((_script_arguments_class(), OpenS2SSFTConfig, ModelConfig))
     return parser.parse_args_and_config(args=argv)
@@ -87,7 +87,7 @@ def parse_arguments(argv: list[str] | None = None):
 
 def build_peft_config(training_args, model_args, preset):
     """The stage's LoRA config from `ModelConfig`'s LoRA fields, or `None` without `--lora` / `--use_peft`."""
-    from .stages import build_lora_config
+    from opens2s.training.stages import build_lora_config
 
     if not (training_args.lora or model_args.use_peft):
         return None
@@ -102,9 +102,9 @@ def main(argv: list[str] | None = None) -> int:
     import transformers
     from transformers import AutoModel, AutoProcessor
 
-    from .data import load_training_dataset
-    from .stages import get_stage
-    from .trainer import OpenS2STrainer
+    from opens2s.training.data import load_training_dataset
+    from opens2s.training.stages import get_stage
+    from opens2s.training.trainer import OpenS2STrainer
 
     script_args, training_args, model_args = parse_arguments(argv)
     log_level = training_args.get_process_log_level()  # --log_level / --log_level_replica (default: warning)
@@ -186,7 +186,7 @@ def _save_folder(model, processor, output_dir: Path) -> None:
 def _save_speech_generation_config(model, output_dir: Path) -> None:
     from transformers import GenerationConfig
 
-    from ..modeling_opens2s.convert_original_opens2s import SPEECH_GENERATION_CONFIG_NAME
+    from opens2s.conversion.convert_original_opens2s import SPEECH_GENERATION_CONFIG_NAME
 
     try:
         config = GenerationConfig.from_pretrained(model.name_or_path, config_file_name=SPEECH_GENERATION_CONFIG_NAME)

@@ -6,9 +6,9 @@ from transformers.utils import logging
 from trl import SFTTrainer
 from trl.trainer.utils import get_config_model_id
 
-from .collator import build_collator
-from .config import OpenS2SSFTConfig
-from .stages import apply_stage, build_lora_config, get_stage
+from opens2s.training.collator import build_collator
+from opens2s.training.config import OpenS2SSFTConfig
+from opens2s.training.stages import apply_stage, build_lora_config, get_stage
 
 
 __all__ = ["OpenS2STrainer"]

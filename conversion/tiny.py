@@ -17,16 +17,16 @@ from tokenizers import AddedToken, Tokenizer, decoders, models, normalizers, pre
 from transformers import GenerationConfig, PreTrainedTokenizerFast
 from transformers.utils import logging
 
-from .modeling_opens2s.configuration_opens2s import OpenS2SConfig
-from .modeling_opens2s.configuration_token2wav import OpenS2SToken2WavConfig
-from .modeling_opens2s.convert_original_opens2s import SPEECH_GENERATION_CONFIG_NAME, export_remote_code
-from .modeling_opens2s.feature_extraction_opens2s import OpenS2SFeatureExtractor
-from .modeling_opens2s.modeling_opens2s import TOKEN2WAV_SUBFOLDER, OpenS2SForConditionalGeneration
-from .modeling_opens2s.processing_opens2s import OpenS2SProcessor
+from opens2s.conversion.export import export_remote_code, save_token2wav
+from opens2s.modeling_opens2s.configuration_opens2s import OpenS2SConfig
+from opens2s.modeling_opens2s.configuration_token2wav import OpenS2SToken2WavConfig
+from opens2s.modeling_opens2s.feature_extraction_opens2s import OpenS2SFeatureExtractor
+from opens2s.modeling_opens2s.modeling_opens2s import TOKEN2WAV_SUBFOLDER, OpenS2SForConditionalGeneration
+from opens2s.modeling_opens2s.processing_opens2s import OpenS2SProcessor
+from opens2s.modeling_opens2s.streaming_opens2s import SPEECH_GENERATION_CONFIG_NAME
 
 
 __all__ = [
-    "EXAMPLE_WAV",
     "TINY_MODEL_DIR",
     "TINY_SPEECH_TOKENIZER_CONFIG",
     "build_llm_tokenizer",
@@ -42,8 +42,6 @@ logger = logging.get_logger(__name__)
 
 # Bump the folder name whenever the build changes, so caches of an older build are not reused.
 TINY_MODEL_DIR = Path(os.environ.get("OPENS2S_CACHE", "~/.cache/opens2s")).expanduser() / "tiny-v3"
-# 16 kHz mono PCM-16 English question spoken by espeak-ng (see assets/README.md).
-EXAMPLE_WAV = Path(__file__).parent / "assets" / "example.wav"
 
 # The BPE training text. Changing it changes the vocabulary, hence every weight shape: bump TINY_MODEL_DIR.
 CORPUS = (
@@ -232,8 +230,7 @@ def build_tiny_token2wav_config(num_units: int = NUM_UNITS) -> OpenS2SToken2WavC
 
 
 def _build_tiny_token2wav(dst: Path, seed: int) -> None:
-    from .modeling_opens2s.convert_original_token2wav import save_token2wav
-    from .modeling_opens2s.modeling_token2wav import OpenS2SToken2Wav
+    from opens2s.modeling_opens2s.modeling_token2wav import OpenS2SToken2Wav
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -278,8 +275,8 @@ TINY_SPEECH_TOKENIZER_CONFIG = {
 
 def build_tiny_speech_tokenizer(seed: int = 0):
     """A tiny random [`OpenS2SSpeechTokenizer`] ([`TINY_SPEECH_TOKENIZER_CONFIG`]), for tests and demos."""
-    from .modeling_opens2s.configuration_speech_tokenizer import OpenS2SSpeechTokenizerConfig
-    from .modeling_opens2s.modeling_speech_tokenizer import OpenS2SSpeechTokenizer
+    from opens2s.modeling_opens2s.configuration_speech_tokenizer import OpenS2SSpeechTokenizerConfig
+    from opens2s.modeling_opens2s.modeling_speech_tokenizer import OpenS2SSpeechTokenizer
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)

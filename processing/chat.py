@@ -9,12 +9,13 @@ import torch
 from transformers import AutoModel, AutoProcessor
 from transformers.utils import logging
 
-from .modeling_opens2s.modeling_opens2s import TOKEN2WAV_SUBFOLDER
-from .processing.audio_io import load_audio
+from opens2s.modeling_opens2s.modeling_opens2s import TOKEN2WAV_SUBFOLDER
+from opens2s.processing.audio_io import load_audio
 
 
 __all__ = [
     "DTYPES",
+    "EXAMPLE_WAV",
     "SpeechModel",
     "conversation_inputs",
     "load_speech_model",
@@ -23,6 +24,9 @@ __all__ = [
 ]
 
 logger = logging.get_logger(__name__)
+
+# 16 kHz mono PCM-16 English question spoken by espeak-ng (see assets/README.md): the default input of demos.
+EXAMPLE_WAV = Path(__file__).parent / "assets" / "example.wav"
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -56,7 +60,7 @@ def load_speech_model(
     """
     is_tiny = name_or_path is None
     if is_tiny:
-        from .tiny import tiny_model_path
+        from opens2s.conversion.tiny import tiny_model_path
 
         name_or_path = tiny_model_path()
     dtype = DTYPES[dtype] if isinstance(dtype, str) else dtype

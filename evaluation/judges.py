@@ -24,7 +24,7 @@ import os
 import re
 from dataclasses import dataclass, field
 
-from ..llm_client import ChatCompletionsClient, ChatCompletionsError
+from opens2s.processing.chat_completions import ChatCompletionsClient, ChatCompletionsError
 
 
 __all__ = [

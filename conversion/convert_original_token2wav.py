@@ -8,20 +8,19 @@ hyperpyyaml: tags are not executed (the original's `!apply:torch.manual_seed` si
 """
 
 import logging
-import shutil
 from pathlib import Path
 
 import torch
 import yaml
 
-from .configuration_token2wav import OpenS2SToken2WavConfig
-from .convert_original_opens2s import TOKEN2WAV_REMOTE_CODE_FILES
-from .modeling_flow_matching import flow_state_dict_from_original
-from .modeling_hift import hift_state_dict_from_original
-from .modeling_token2wav import OpenS2SToken2Wav
+from opens2s.conversion.export import save_token2wav
+from opens2s.modeling_opens2s.configuration_token2wav import OpenS2SToken2WavConfig
+from opens2s.modeling_opens2s.modeling_flow_matching import flow_state_dict_from_original
+from opens2s.modeling_opens2s.modeling_hift import hift_state_dict_from_original
+from opens2s.modeling_opens2s.modeling_token2wav import OpenS2SToken2Wav
 
 
-__all__ = ["convert_original_token2wav", "load_original_decoder_config", "save_token2wav"]
+__all__ = ["convert_original_token2wav", "load_original_decoder_config"]
 
 logger = logging.getLogger(__name__)
 
@@ -128,19 +127,3 @@ def convert_original_token2wav(src: str | Path, dst: str | Path) -> Path:
     save_token2wav(model, dst)
     logger.info("converted %s -> %s", src, dst)
     return dst
-
-
-def save_token2wav(model: OpenS2SToken2Wav, dst: str | Path) -> None:
-    """Save `model` as a standalone token2wav folder: safetensors, `config.json` with its `auto_map`, and the remote
-    code, so `AutoModel.from_pretrained(dst, trust_remote_code=True)` loads it without opens2s installed."""
-    dst = Path(dst)
-    model.config.architectures = ["OpenS2SToken2Wav"]
-    model.config.auto_map = {
-        "AutoConfig": "configuration_token2wav.OpenS2SToken2WavConfig",
-        "AutoModel": "modeling_token2wav.OpenS2SToken2Wav",
-    }
-    dst.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(dst)
-    here = Path(__file__).parent
-    for name in TOKEN2WAV_REMOTE_CODE_FILES:
-        shutil.copyfile(here / name, dst / name)

@@ -27,10 +27,10 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from .benchmarks import TABLE2_BENCHMARKS, BenchmarkSpec, decode_audio, get_benchmark, load_benchmark
-from .ifeval import evaluate_ifeval_row
-from .judges import JudgeConfig, judge_row
-from .speech_metrics import ASRFunction, speech_rate, text_speech_consistency
+from opens2s.evaluation.benchmarks import TABLE2_BENCHMARKS, BenchmarkSpec, decode_audio, get_benchmark, load_benchmark
+from opens2s.evaluation.ifeval import evaluate_ifeval_row
+from opens2s.evaluation.judges import JudgeConfig, judge_row
+from opens2s.evaluation.speech_metrics import ASRFunction, speech_rate, text_speech_consistency
 
 
 __all__ = ["EvalConfig", "generate_responses", "read_jsonl", "run_evaluation", "score_responses"]
@@ -324,7 +324,7 @@ def generate_responses(speech_model, dataset, spec: BenchmarkSpec, folder: Path,
     """Answer the rows of `dataset` not yet in `folder/responses.jsonl`; returns all answers by id.
 
     Args:
-        speech_model ([`SpeechModel`]): from `opens2s.chat.load_speech_model`.
+        speech_model ([`SpeechModel`]): from `opens2s.processing.chat.load_speech_model`.
         dataset ([`datasets.Dataset`]): a benchmark in the normalised schema ([`load_benchmark`]).
         spec ([`BenchmarkSpec`]): its spec.
         folder (`Path`): the benchmark's output folder.
@@ -421,16 +421,16 @@ def run_evaluation(config: EvalConfig, speech_model=None, asr: ASRFunction | Non
         asr ([`ASRFunction`], *optional*): the transcriber of speech mode (default: [`WhisperASR`] of
             `config.asr_model`, built when the model speaks).
     """
-    from .report import summarize_benchmark, write_report
+    from opens2s.evaluation.report import summarize_benchmark, write_report
 
     specs = config.validate()
     _check_run_settings(config)
     if speech_model is None:
-        from ..chat import load_speech_model
+        from opens2s.processing.chat import load_speech_model
 
         speech_model = load_speech_model(config.model, config.device, config.dtype, token2wav=config.token2wav)
     if config.mode == "speech" and asr is None and speech_model.speaks:
-        from .speech_metrics import WhisperASR
+        from opens2s.evaluation.speech_metrics import WhisperASR
 
         asr_dtype = "float32" if torch.device(config.device).type == "cpu" else "float16"
         asr = WhisperASR(config.asr_model, config.device, asr_dtype, batch_size=config.asr_batch_size)

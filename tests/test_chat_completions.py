@@ -6,7 +6,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from opens2s.llm_client import ChatCompletionsClient, ChatCompletionsError
+from opens2s.processing.chat_completions import ChatCompletionsClient, ChatCompletionsError
 
 
 class ScriptedEndpoint(BaseHTTPRequestHandler):

@@ -27,7 +27,7 @@ _import_structure = {
 }
 
 if TYPE_CHECKING:
-    from .benchmarks import (
+    from opens2s.evaluation.benchmarks import (
         BENCHMARKS,
         DEFAULT_SOURCES,
         TABLE2_BENCHMARKS,
@@ -36,11 +36,23 @@ if TYPE_CHECKING:
         get_benchmark,
         load_benchmark,
     )
-    from .ifeval import INSTRUCTION_CHECKS, IFEvalResult, check_instruction, evaluate_ifeval_row, ifeval_accuracy
-    from .judges import JudgeConfig, JudgeScore, build_judge_messages, judge_row, parse_judge_score
-    from .report import PAPER_TABLE2, BenchmarkSummary, format_report, summarize_benchmark, write_report
-    from .runner import EvalConfig, generate_responses, read_jsonl, run_evaluation, score_responses
-    from .speech_metrics import (
+    from opens2s.evaluation.ifeval import (
+        INSTRUCTION_CHECKS,
+        IFEvalResult,
+        check_instruction,
+        evaluate_ifeval_row,
+        ifeval_accuracy,
+    )
+    from opens2s.evaluation.judges import JudgeConfig, JudgeScore, build_judge_messages, judge_row, parse_judge_score
+    from opens2s.evaluation.report import (
+        PAPER_TABLE2,
+        BenchmarkSummary,
+        format_report,
+        summarize_benchmark,
+        write_report,
+    )
+    from opens2s.evaluation.runner import EvalConfig, generate_responses, read_jsonl, run_evaluation, score_responses
+    from opens2s.evaluation.speech_metrics import (
         WhisperASR,
         corpus_error_rate,
         normalize_text,

@@ -15,7 +15,7 @@ __all__ = ["add_eval_arguments", "run_eval"]
 
 def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the `opens2s eval` arguments to `parser`."""
-    from .benchmarks import BENCHMARKS, DEFAULT_SOURCES, TABLE2_BENCHMARKS
+    from opens2s.evaluation.benchmarks import BENCHMARKS, DEFAULT_SOURCES, TABLE2_BENCHMARKS
 
     parser.add_argument("--out", type=Path, required=True, help="output folder (re-use it to resume a run)")
     parser.add_argument(
@@ -77,8 +77,8 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run_eval(args: argparse.Namespace) -> int:
     """Run `opens2s eval` on parsed arguments: print the report and where it is; returns the exit status."""
-    from .judges import JudgeConfig
-    from .runner import EvalConfig, run_evaluation
+    from opens2s.evaluation.judges import JudgeConfig
+    from opens2s.evaluation.runner import EvalConfig, run_evaluation
 
     judge = JudgeConfig.from_env(
         args.judge_base_url, args.judge_model, samples=args.judge_samples, requests_per_second=args.judge_rps

@@ -17,9 +17,9 @@ from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from .benchmarks import BENCHMARKS, TABLE2_BENCHMARKS, BenchmarkSpec
-from .ifeval import ifeval_accuracy
-from .speech_metrics import corpus_error_rate
+from opens2s.evaluation.benchmarks import BENCHMARKS, TABLE2_BENCHMARKS, BenchmarkSpec
+from opens2s.evaluation.ifeval import ifeval_accuracy
+from opens2s.evaluation.speech_metrics import corpus_error_rate
 
 
 __all__ = ["PAPER_TABLE2", "BenchmarkSummary", "format_report", "summarize_benchmark", "write_report"]

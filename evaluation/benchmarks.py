@@ -291,7 +291,7 @@ def decode_audio(value: dict | str, sampling_rate: int) -> np.ndarray:
     import soundfile
     import soxr
 
-    from ..processing.audio_io import load_audio
+    from opens2s.processing.audio_io import load_audio
 
     if isinstance(value, str):
         return load_audio(value, sampling_rate=sampling_rate)

@@ -16,19 +16,17 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from transformers import AutoTokenizer, GenerationConfig
 
-from .configuration_opens2s import OpenS2SConfig, parse_interleave_strategy
-from .feature_extraction_opens2s import OpenS2SFeatureExtractor
-from .modeling_opens2s import TOKEN2WAV_SUBFOLDER
-from .processing_opens2s import OpenS2SProcessor, find_unit_tokens
-from .streaming_opens2s import SPEECH_GENERATION_CONFIG_NAME
+from opens2s.conversion.export import export_remote_code
+from opens2s.modeling_opens2s.configuration_opens2s import OpenS2SConfig, parse_interleave_strategy
+from opens2s.modeling_opens2s.feature_extraction_opens2s import OpenS2SFeatureExtractor
+from opens2s.modeling_opens2s.modeling_opens2s import TOKEN2WAV_SUBFOLDER
+from opens2s.modeling_opens2s.processing_opens2s import OpenS2SProcessor, find_unit_tokens
+from opens2s.modeling_opens2s.streaming_opens2s import SPEECH_GENERATION_CONFIG_NAME
 
 
 __all__ = [
-    "REMOTE_CODE_FILES",
     "SPEECH_GENERATION_CONFIG_NAME",
-    "TOKEN2WAV_REMOTE_CODE_FILES",
     "convert_original_checkpoint",
-    "export_remote_code",
     "units_only_generation_config",
 ]
 
@@ -36,25 +34,6 @@ logger = logging.getLogger(__name__)
 
 AUDIO_TOKEN = "<|im_audio|>"
 MARKER_TOKENS = ["<|im_audio_start|>", "<|im_audio_end|>", "<|im_tts_start|>", "<|im_tts_end|>"]
-REMOTE_CODE_FILES = [
-    "configuration_opens2s.py",
-    "modeling_opens2s.py",
-    "audio_lengths_opens2s.py",
-    "interleave_opens2s.py",
-    "feature_extraction_opens2s.py",
-    "processing_opens2s.py",
-    "streaming_opens2s.py",
-]
-# The token2wav decoder's files: a standalone token2wav folder holds these; an OpenS2S folder holds both lists
-# (`modeling_opens2s.py` imports the decoder lazily, but transformers copies every relative import).
-TOKEN2WAV_REMOTE_CODE_FILES = [
-    "configuration_token2wav.py",
-    "modeling_token2wav.py",
-    "streaming_token2wav.py",
-    "modeling_flow_encoder.py",
-    "modeling_flow_matching.py",
-    "modeling_hift.py",
-]
 # Original key prefix -> ours (checked in order; the first match wins).
 KEY_PREFIXES = [
     ("audio_encoder_model.", "audio_encoder."),
@@ -158,7 +137,7 @@ class _ShardWriter:
 
 
 def _expected_keys(config: OpenS2SConfig) -> dict[str, tuple[int, ...]]:
-    from .modeling_opens2s import OpenS2SForConditionalGeneration
+    from opens2s.modeling_opens2s.modeling_opens2s import OpenS2SForConditionalGeneration
 
     with torch.device("meta"):
         model = OpenS2SForConditionalGeneration(config)
@@ -243,15 +222,8 @@ def _unit_tokenizer(src: Path, config: OpenS2SConfig, unit_tokenizer_base: str |
     return tokenizer
 
 
-def export_remote_code(dst: str | Path) -> None:
-    """Copy the flat remote-code modules next to a saved model so `trust_remote_code=True` loads it anywhere."""
-    here = Path(__file__).parent
-    for name in REMOTE_CODE_FILES + TOKEN2WAV_REMOTE_CODE_FILES:
-        shutil.copyfile(here / name, Path(dst) / name)
-
-
 def _check_token2wav_vocabulary(token2wav: Path, unit_tokenizer) -> None:
-    from .convert_original_token2wav import load_original_decoder_config
+    from opens2s.conversion.convert_original_token2wav import load_original_decoder_config
 
     vocab_size = load_original_decoder_config(token2wav / "config.yaml").vocab_size
     _, num_units = find_unit_tokens(unit_tokenizer)
@@ -347,7 +319,7 @@ def convert_original_checkpoint(
         speech_config.save_pretrained(dst, config_file_name=SPEECH_GENERATION_CONFIG_NAME)
     export_remote_code(dst)
     if token2wav is not None:
-        from .convert_original_token2wav import convert_original_token2wav
+        from opens2s.conversion.convert_original_token2wav import convert_original_token2wav
 
         convert_original_token2wav(token2wav, dst / TOKEN2WAV_SUBFOLDER)
     logger.info("converted %s -> %s", src, dst)
