@@ -26,7 +26,7 @@ import soundfile as sf
 import torch
 from safetensors.torch import load_file, save_file
 
-from fixture_sets import FIXTURES_DIR, load_manifest
+from fixture_sets import FIXTURE_ROOTS, fixture_folders, load_manifest
 from opens2s.cli import main
 from opens2s.conversion.tiny import TINY_SPEECH_TOKENIZER_CONFIG as TINY_CONFIG
 from opens2s.conversion.tiny import build_tiny_speech_tokenizer
@@ -51,7 +51,7 @@ AUDIO_NAMES = ("speech", "speech_short", "speech_long")  # the batch call's orde
 
 def tokenizer_sets() -> list:
     """One `pytest.param` per `token2wav_*` folder holding `tokenizer/` and a manifest."""
-    folders = sorted(FIXTURES_DIR.glob("token2wav_*")) if FIXTURES_DIR.is_dir() else []
+    folders = fixture_folders("token2wav_")
     return [
         pytest.param(folder, id=folder.name)
         for folder in folders
@@ -171,7 +171,7 @@ def reference_unit_margins(parity, name: str) -> torch.Tensor:
 
 # ------------------------------------------------------------------ parity
 requires_tokenizer_sets = pytest.mark.skipif(
-    not tokenizer_sets(), reason=f"no token2wav_* sets with tokenizer/ in {FIXTURES_DIR}"
+    not tokenizer_sets(), reason=f"no token2wav_* sets with tokenizer/ in {FIXTURE_ROOTS}"
 )
 
 

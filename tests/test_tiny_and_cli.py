@@ -11,14 +11,12 @@ from safetensors.torch import load_file
 from transformers import AutoModel, AutoProcessor, GenerationConfig
 
 import opens2s.conversion.tiny
-from fixture_sets import FIXTURES_DIR
+from fixture_sets import reference_sets
 from opens2s.cli import main, parse_size
 from opens2s.conversion.tiny import build_tiny_model, tiny_model_path
 from opens2s.processing.chat import EXAMPLE_WAV
 
 
-REFERENCE_A = FIXTURES_DIR / "reference_a"
-requires_reference_a = pytest.mark.skipif(not REFERENCE_A.is_dir(), reason=f"{REFERENCE_A} is not present")
 
 
 def audio_prompt(processor) -> dict:
@@ -115,10 +113,10 @@ def test_example_wav_is_a_short_16khz_mono_question():
 
 
 # ------------------------------------------------------------------ command line
-@requires_reference_a
-def test_cli_convert_writes_a_loadable_folder(tmp_path, capsys):
+@pytest.mark.parametrize("original", reference_sets())
+def test_cli_convert_writes_a_loadable_folder(original, tmp_path, capsys):
     dst = tmp_path / "converted"
-    assert main(["convert", str(REFERENCE_A), str(dst), "--max-shard-size", "500KB"]) == 0
+    assert main(["convert", str(original), str(dst), "--max-shard-size", "500KB"]) == 0
     assert capsys.readouterr().out.strip() == str(dst)
     index = json.loads((dst / "model.safetensors.index.json").read_text())
     assert len(set(index["weight_map"].values())) > 1  # 500KB shards of a ~1.3 MB model
