@@ -17,8 +17,6 @@ from opens2s.conversion.tiny import build_tiny_model, tiny_model_path
 from opens2s.processing.chat import EXAMPLE_WAV
 
 
-
-
 def audio_prompt(processor) -> dict:
     conversation = [{"role": "user", "content": [{"type": "audio", "path": str(EXAMPLE_WAV)}]}]
     return processor.apply_chat_template(
