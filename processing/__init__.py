@@ -1,4 +1,5 @@
-"""Inputs and outputs around the model: audio in, chat inputs, speech units for datasets, the chat-completions client.
+"""Inputs and outputs around the model: audio in, chat inputs, voices, speech units for datasets, the chat-completions
+client.
 
 Every name loads on first use: `import opens2s.processing` imports neither torch nor transformers' models. The
 processor itself lives with the remote-code model files (`opens2s.modeling_opens2s.processing_opens2s`).
@@ -11,9 +12,19 @@ from transformers.utils import _LazyModule
 
 _import_structure = {
     "audio_io": ["TARGET_SAMPLING_RATE", "load_audio"],
-    "chat": ["DTYPES", "EXAMPLE_WAV", "SpeechModel", "conversation_inputs", "load_speech_model", "stream_reply"],
+    "chat": [
+        "DTYPES",
+        "EXAMPLE_WAV",
+        "SpeechModel",
+        "chat_inputs",
+        "conversation_inputs",
+        "load_speech_model",
+        "seeded_stream_kwargs",
+        "stream_reply",
+    ],
     "chat_completions": ["ChatCompletionsClient", "ChatCompletionsError"],
     "speech_units": ["add_speech_units", "encode_files"],
+    "voices": ["SPEAKERS_SUBFOLDER", "find_speakers", "load_voice"],
 }
 
 if TYPE_CHECKING:
@@ -22,12 +33,15 @@ if TYPE_CHECKING:
         DTYPES,
         EXAMPLE_WAV,
         SpeechModel,
+        chat_inputs,
         conversation_inputs,
         load_speech_model,
+        seeded_stream_kwargs,
         stream_reply,
     )
     from opens2s.processing.chat_completions import ChatCompletionsClient, ChatCompletionsError
     from opens2s.processing.speech_units import add_speech_units, encode_files
+    from opens2s.processing.voices import SPEAKERS_SUBFOLDER, find_speakers, load_voice
 else:
     import sys
 

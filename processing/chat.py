@@ -17,8 +17,10 @@ __all__ = [
     "DTYPES",
     "EXAMPLE_WAV",
     "SpeechModel",
+    "chat_inputs",
     "conversation_inputs",
     "load_speech_model",
+    "seeded_stream_kwargs",
     "spoken_turn_inputs",
     "stream_reply",
 ]
@@ -130,9 +132,28 @@ def conversation_inputs(
         messages.append({"role": "user", "content": [audio_item(question)]})
         messages.append({"role": "assistant", "content": [{"type": "text", "text": reply}]})
     messages.append({"role": "user", "content": [audio_item(audio)]})
+    return chat_inputs(processor, messages)
+
+
+def chat_inputs(processor, messages: list[dict]) -> dict:
+    """Processor inputs (`input_ids`, `input_features`, ...) for chat `messages` ending with the user's turn, with the
+    generation prompt. Message contents are lists of `{"type": "text", "text": ...}` and `{"type": "audio", "audio":
+    waveform}` items (mono float32 at the feature extractor's rate), or plain strings."""
     return processor.apply_chat_template(
         messages, add_generation_prompt=True, tokenize=True, return_dict=True, return_tensors="pt"
     )
+
+
+def seeded_stream_kwargs(model, seed: int | None, stream_kwargs: dict) -> dict:
+    """`stream_kwargs` plus the random sources of a reproducible answer: `seed` seeds text and unit sampling (on the
+    model's device) and, in the `"blocks"` token2wav schedule, the voice's noise (the original schedule reseeds 42
+    itself). Sources already given are kept; `seed=None` adds none."""
+    stream_kwargs = dict(stream_kwargs)
+    if seed is not None:
+        stream_kwargs.setdefault("generator", torch.Generator(device=model.device).manual_seed(seed))
+        if stream_kwargs.get("token2wav_mode", "blocks") == "blocks":
+            stream_kwargs.setdefault("token2wav_generator", torch.Generator().manual_seed(seed))
+    return stream_kwargs
 
 
 def stream_reply(
@@ -147,8 +168,4 @@ def stream_reply(
     `history` holds the earlier `(question, reply_text)` turns of a conversation (see [`conversation_inputs`])."""
     model, processor = speech_model.model, speech_model.processor
     inputs = conversation_inputs(processor, history, audio, system_prompt)
-    if seed is not None:
-        stream_kwargs.setdefault("generator", torch.Generator(device=model.device).manual_seed(seed))
-        if stream_kwargs.get("token2wav_mode", "blocks") == "blocks":  # the original schedule reseeds 42 itself
-            stream_kwargs.setdefault("token2wav_generator", torch.Generator().manual_seed(seed))
-    return model.stream(**inputs, processor=processor, **stream_kwargs)
+    return model.stream(**inputs, processor=processor, **seeded_stream_kwargs(model, seed, stream_kwargs))

@@ -39,6 +39,7 @@ import torch
 from opens2s.modeling_opens2s.streaming_opens2s import speech_generation_config_of
 from opens2s.processing.audio_io import load_audio
 from opens2s.processing.chat import SpeechModel, load_speech_model, stream_reply
+from opens2s.processing.voices import find_speakers, load_voice
 
 
 __all__ = [
@@ -57,7 +58,6 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 DEFAULT_VOICE = "default (zeros)"
-SPEAKERS_SUBFOLDER = "speakers"
 # Status-line refreshes while units stream: the decoder writes them 8 at a time (the original's M:N = 4:8 schedule).
 UNIT_UPDATE_EVERY = 8
 # Seconds a ZeroGPU call may hold the GPU (one answer of the 8B model with a 512-token budget fits comfortably).
@@ -102,51 +102,6 @@ def format_latency(stats) -> str:
     else:
         parts.append(f"total {stats.total_seconds:.2f} s")
     return " · ".join(parts)
-
-
-def find_speakers(name_or_path: str | Path | None, extra_dir: str | Path | None = None) -> dict[str, Path]:
-    """Voice files by name: `speakers/*.safetensors` of a local model folder (or of a Hub repo, when it has any) and
-    of `extra_dir`. The tiny default model (`name_or_path=None`) has none."""
-    folders = []
-    if name_or_path is not None:
-        local = Path(name_or_path)
-        folders.append(local / SPEAKERS_SUBFOLDER if local.is_dir() else _hub_speakers(str(name_or_path)))
-    if extra_dir is not None:
-        folders.append(Path(extra_dir))
-    return {
-        path.stem: path
-        for folder in folders
-        if folder is not None and folder.is_dir()
-        for path in sorted(folder.glob("*.safetensors"))
-    }
-
-
-def _hub_speakers(repo_id: str) -> Path | None:
-    """The `speakers/` folder of a Hub repo's snapshot (only those files are fetched); `None` when the Hub cannot
-    be reached (voices are optional: the app starts with the default voice)."""
-    from huggingface_hub import snapshot_download
-
-    try:
-        snapshot = snapshot_download(repo_id, allow_patterns=[f"{SPEAKERS_SUBFOLDER}/*.safetensors"])
-    except Exception as error:  # noqa: BLE001 - any Hub failure (offline, gated, missing) means "no extra voices"
-        logger.warning("no voices from %s: %s", repo_id, error)
-        return None
-    return Path(snapshot) / SPEAKERS_SUBFOLDER
-
-
-def _load_voice(path: Path, speaker_embedding_dim: int) -> dict[str, torch.Tensor] | None:
-    """The `model.stream` voice arguments stored in one voice file, or `None` (logged) when it does not fit."""
-    from safetensors.torch import load_file
-
-    tensors = load_file(str(path))
-    embedding = tensors.get("speaker_embedding")
-    if embedding is None or embedding.numel() != speaker_embedding_dim:
-        logger.warning("skipping voice %s: it needs a speaker_embedding of %d values", path, speaker_embedding_dim)
-        return None
-    voice = {"speaker_embedding": embedding.reshape(-1).float()}
-    if "token2wav_speaker_embedding" in tensors:
-        voice["token2wav_speaker_embedding"] = tensors["token2wav_speaker_embedding"].reshape(1, -1).float()
-    return voice
 
 
 @dataclass
@@ -208,7 +163,7 @@ class OpenS2SSpace:
         dim = speech_model.model.config.speaker_embedding_dim
         self.voices: dict[str, dict[str, torch.Tensor]] = {DEFAULT_VOICE: {}}
         for name, path in (speakers or {}).items():
-            if (voice := _load_voice(path, dim)) is not None:
+            if (voice := load_voice(path, dim)) is not None:
                 self.voices[name] = voice
 
     @property
