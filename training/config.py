@@ -3,6 +3,7 @@
 from dataclasses import dataclass, field
 from typing import Any
 
+from transformers.utils import is_torch_bf16_gpu_available
 from trl import SFTConfig
 
 from opens2s.training.stages import STAGE_PRESETS
@@ -57,6 +58,8 @@ class OpenS2SSFTConfig(SFTConfig):
     > - `remove_unused_columns`: `False` (the collator reads the raw `messages` / audio columns).
     > - `dataset_kwargs`: `{"skip_prepare_dataset": True}` (no text-only tokenisation by TRL; the collator does it).
     > - `max_length`: `None` (rows are never truncated: cutting an audio placeholder run would break the batch).
+    > - `bf16`: chosen from the hardware when neither `bf16` nor `fp16` is given: `True` on an accelerator that
+    >   supports bf16 (and without `use_cpu`), else `False` (fp32). SFTConfig's `True` everywhere fails on a CPU.
     """
 
     stage: str = field(
@@ -91,8 +94,17 @@ class OpenS2SSFTConfig(SFTConfig):
     max_length: int | None = field(
         default=None, metadata={"help": "Unused: OpenS2S rows are not truncated (audio placeholders must stay whole)."}
     )
+    bf16: bool | None = field(
+        default=None,
+        metadata={
+            "help": "bf16 mixed precision. Default: on when the accelerator supports bf16 (not with --use_cpu) and "
+            "--fp16 is not set; otherwise fp32."
+        },
+    )
 
     def __post_init__(self):
+        if self.bf16 is None:
+            self.bf16 = not self.fp16 and not self.use_cpu and is_torch_bf16_gpu_available()
         super().__post_init__()
         if self.stage not in STAGE_PRESETS:
             raise ValueError(f"unknown stage {self.stage!r}; choose one of {', '.join(STAGE_PRESETS)}")

@@ -50,7 +50,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 
-__all__ = ["build_peft_config", "main", "parse_arguments", "save_trained_model"]
+__all__ = ["build_peft_config", "main", "parse_arguments", "resolve_resume_checkpoint", "save_trained_model"]
 
 logger = logging.getLogger(__name__)
 
@@ -109,10 +109,20 @@ def main(argv: list[str] | None = None) -> int:
     script_args, training_args, model_args = parse_arguments(argv)
     log_level = training_args.get_process_log_level()  # --log_level / --log_level_replica (default: warning)
     logging.basicConfig(format="%(levelname)s %(name)s: %(message)s", stream=sys.stdout)
-    logging.getLogger("opens2s").setLevel(log_level)
+    # With the default (passive) level the main process still shows our own lines: stage, precision, parameters.
+    passive_main = training_args.log_level == "passive" and training_args.should_log
+    logging.getLogger("opens2s").setLevel(logging.INFO if passive_main else log_level)
     transformers.utils.logging.set_verbosity(log_level)
     if not model_args.model_name_or_path or not script_args.dataset_name:
         raise ValueError("--model_name_or_path (opens2s train: --model) and --dataset_name (--data) are required")
+    resume_from = resolve_resume_checkpoint(training_args.resume_from_checkpoint, training_args.output_dir)
+    precision = "bf16 mixed" if training_args.bf16 else "fp16 mixed" if training_args.fp16 else "fp32"
+    logger.info(
+        "Training on %s in %s precision (default: bf16 where the accelerator supports it, else fp32; --bf16 / --fp16 "
+        "choose)",
+        training_args.device,
+        precision,
+    )
     preset = get_stage(training_args.stage)
     source = model_args.model_name_or_path
     load_kwargs = {"trust_remote_code": training_args.trust_remote_code, "revision": model_args.model_revision}
@@ -135,12 +145,29 @@ def main(argv: list[str] | None = None) -> int:
         processing_class=processor,
         peft_config=build_peft_config(training_args, model_args, preset),
     )
-    result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+    result = trainer.train(resume_from_checkpoint=resume_from)
     trainer.log_metrics("train", result.metrics)
     trainer.save_metrics("train", result.metrics)
     trainer.save_state()
     save_trained_model(trainer, training_args.output_dir, processor)
     return 0
+
+
+def resolve_resume_checkpoint(value: str | None, output_dir: str | Path) -> str | None:
+    """The checkpoint folder `--resume_from_checkpoint VALUE` names: `True` (any case) is the latest
+    `checkpoint-*` folder in `output_dir` (a `ValueError` when there is none), `False` is none, anything else a
+    folder as given."""
+    from transformers.trainer_utils import get_last_checkpoint
+
+    if value is None or value.lower() == "false":
+        return None
+    if value.lower() != "true":
+        return value
+    latest = get_last_checkpoint(str(output_dir)) if Path(output_dir).is_dir() else None
+    if latest is None:
+        raise ValueError(f"--resume_from_checkpoint True: no checkpoint-* folder in --output_dir {output_dir}")
+    logger.info("Resuming from the latest checkpoint, %s", latest)
+    return latest
 
 
 def save_trained_model(trainer, output_dir: str | Path, processor) -> Path:
