@@ -47,8 +47,11 @@ from transformers import GenerationConfig
 from transformers.generation.streamers import BaseStreamer
 from transformers.utils import logging as hf_logging
 
-from opens2s import EXAMPLE_WAV, OpenS2SConfig, OpenS2SFeatureExtractor, OpenS2SForConditionalGeneration
 from opens2s.modeling_opens2s.audio_lengths_opens2s import audio_embedding_lengths
+from opens2s.modeling_opens2s.configuration_opens2s import OpenS2SConfig
+from opens2s.modeling_opens2s.feature_extraction_opens2s import OpenS2SFeatureExtractor
+from opens2s.modeling_opens2s.modeling_opens2s import OpenS2SForConditionalGeneration
+from opens2s.processing.chat import EXAMPLE_WAV
 
 
 __all__ = ["SIZES", "Run", "build_model", "check_budgets", "check_same_ids", "main", "run_original", "run_ours"]

@@ -5,8 +5,6 @@ from pathlib import Path
 import pytest
 import torch
 
-from opens2s.conversion.tiny import build_tiny_model
-
 
 __all__ = ["single_thread", "tiny_model_dir"]
 
@@ -14,6 +12,8 @@ __all__ = ["single_thread", "tiny_model_dir"]
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The tiny random OpenS2S folder (seed 0), built once per test session in a temporary folder."""
+    from opens2s.conversion.tiny import build_tiny_model  # here, so a broken package fails its tests, not collection
+
     return build_tiny_model(tmp_path_factory.mktemp("tiny-opens2s"))
 
 
