@@ -1,6 +1,7 @@
 """Reading audio files for OpenS2S: soundfile to decode, soxr to resample, mono float32 at 16 kHz."""
 
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 
@@ -10,9 +11,10 @@ __all__ = ["load_audio", "TARGET_SAMPLING_RATE"]
 TARGET_SAMPLING_RATE = 16000
 
 
-def load_audio(path: str | Path, sampling_rate: int = TARGET_SAMPLING_RATE) -> np.ndarray:
+def load_audio(path: str | Path | BinaryIO, sampling_rate: int = TARGET_SAMPLING_RATE) -> np.ndarray:
     """Read an audio file (wav/flac/ogg/mp3 as libsndfile supports) as mono float32 at `sampling_rate` Hz.
 
+    `path` may also be an open binary file object (e.g. `io.BytesIO` of an uploaded file's bytes).
     Multi-channel audio is averaged to mono; other rates are resampled with soxr (high quality).
     Raises `FileNotFoundError` for a missing file and `ValueError` for an unreadable or empty one, or one holding
     NaN or infinite samples (float formats can).
@@ -20,11 +22,15 @@ def load_audio(path: str | Path, sampling_rate: int = TARGET_SAMPLING_RATE) -> n
     import soundfile
     import soxr
 
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"audio file not found: {path}")
+    if isinstance(path, (str, Path)):
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"audio file not found: {path}")
+        source = str(path)
+    else:
+        source, path = path, "(in memory)"
     try:
-        waveform, file_rate = soundfile.read(str(path), dtype="float32", always_2d=True)
+        waveform, file_rate = soundfile.read(source, dtype="float32", always_2d=True)
     except (RuntimeError, soundfile.LibsndfileError) as error:
         raise ValueError(f"cannot read audio file {path}: {error}") from error
     if waveform.shape[0] == 0:
