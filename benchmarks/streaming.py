@@ -248,7 +248,7 @@ class _OriginalSchedule:
         """One decoder call (`min(N, left)` units, or all that are left when `flush`); False once out of budget."""
         budget = self.units_left if flush else min(self.model.config.speech_span, self.units_left)
         if budget < 1:
-            return False  # the original leaves its loop here, text included (quirk 4)
+            return False  # the original leaves its loop here, text included (docs/original_behaviour.md#ob-llm-4)
         begin = time.perf_counter()
         recorder = _TimeRecorder(self.start)
         speech_embeds.append(self.model.project_hidden_states(rows))
@@ -292,7 +292,8 @@ def run_original(model, inputs: dict, text_config: GenerationConfig, speech_conf
 
 def check_budgets(text_tokens: int, units: int, text_span: int, speech_span: int) -> None:
     """Refuse budgets for which the original cuts the text short (its unit budget runs out before the last text
-    chunk begins, quirk 4) while ours goes on: then the two could not produce the same ids."""
+    chunk begins: docs/original_behaviour.md#ob-llm-4) while ours goes on: then the two could not produce the same
+    ids."""
     least = speech_span * max(-(-text_tokens // text_span) - 2, 0) + 1
     if text_tokens < 1 or units < least:
         raise SystemExit(f"need --text-tokens >= 1 and --units >= {least} (for {text_tokens} text tokens)")

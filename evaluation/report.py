@@ -1,8 +1,8 @@
 """The report of an evaluation run: the paper's Table 2 layout with the paper's rows for comparison, row counts and
 failure reasons per benchmark, and the metrics of the spoken answers.
 
-Paper rows (OpenS2S paper, Table 2, as quoted in issue 10): OpenS2S 4.09 / 3.65 / 42.89 / 3.66 / 46.90 / 67.68 and
-Kimi-Audio 4.46 / 3.97 / 61.10 / 4.20 / 59.22 / 76.96. The issue names the columns "alpacaeval / commoneval /
+Paper rows (OpenS2S paper, Table 2, as quoted): OpenS2S 4.09 / 3.65 / 42.89 / 3.66 / 46.90 / 67.68 and
+Kimi-Audio 4.46 / 3.97 / 61.10 / 4.20 / 59.22 / 76.96. The quoted header names the columns "alpacaeval / commoneval /
 wildvoice / ifeval", but the third number is on IFEval's 0-100 scale and the fourth on the judges' 1-5 scale, and
 Kimi-Audio's public VoiceBench leaderboard row (github.com/MatthewCYM/VoiceBench README: AlpacaEval 4.46, CommonEval
 3.97, WildVoice 4.20, IFEval 61.10) confirms it: the numbers are AlpacaEval, CommonEval, IFEval, WildVoice, and this

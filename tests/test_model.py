@@ -146,9 +146,9 @@ def test_long_audio_is_encoded_in_30s_windows(model, tester):
 
 
 def test_adapter_sees_the_batch_longest_audio(model, tester):
-    """Original quirk kept for parity: the adapter runs over encoder frames padded to the batch's longest audio,
-    so a short audio's last frames (those whose receptive field crosses its end) depend on what it is batched
-    with; the earlier frames do not."""
+    """Original quirk kept for parity (`docs/original_behaviour.md#ob-llm-8`): the adapter runs over encoder frames
+    padded to the batch's longest audio, so a short audio's last frames (those whose receptive field crosses its end)
+    depend on what it is batched with; the earlier frames do not."""
     features, mask = tester.features([1.0, 4.0])
     with torch.no_grad():
         alone, alone_lengths = model.get_audio_features(features[:1], mask[:1])
