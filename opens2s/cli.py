@@ -1,11 +1,11 @@
 """The `opens2s` command line (also `python -m opens2s`).
 
-    opens2s chat [--audio WAV] [--out reply.wav] [--model ID_OR_FOLDER] [--device cuda] [--dtype bfloat16]
+    opens2s chat [--audio WAV] [--out reply.wav] [--model ID_OR_FOLDER] [--device cuda --dtype bfloat16] [--threads N]
     opens2s convert SRC DST [--max-shard-size 5GB] [--unit-tokenizer-base ID] [--num-units 16384] [--token2wav DIR]
     opens2s convert-token2wav SRC DST
     opens2s eval --out DIR [--benchmarks NAME...] [--model ID_OR_FOLDER] [--mode text|speech] [--judge-base-url URL]
     opens2s data STAGE|all|status --workdir DIR [--seed-data SEEDS] [--llm openai --llm-model NAME] [--tts espeak] ...
-    opens2s space [--model ID_OR_FOLDER] [--port 7860] [--max-units 40] [--concurrency-limit 2]
+    opens2s space [--model ID_OR_FOLDER] [--port 7860] [--max-units 40] [--concurrency-limit 2] [--threads N]
     opens2s tiny [DST] [--seed 0]
     opens2s train --stage STAGE --model ID_OR_FOLDER --data DATA [--lora] [-- TRAINING_ARGS...]
     opens2s units IN... --out units.jsonl [--model ID_OR_FOLDER] [--batch-size 16] [--device cpu] [--dtype float32]
@@ -146,14 +146,24 @@ def _add_chat_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-units", type=int, help="speech unit budget (default: the speech generation config)")
     parser.add_argument("--mode", default="blocks", choices=["blocks", "original"], help="token2wav schedule")
     parser.add_argument("--seed", type=int, default=0, help="seed of sampling and of the voice's noise (default 0)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        help="torch CPU threads (default: half the cores, 1 to 4; more threads make small models slower)",
+    )
 
 
 def _run_chat(args: argparse.Namespace) -> int:
     import numpy as np
     import soundfile
+    import torch
 
     from opens2s.processing.chat import EXAMPLE_WAV, load_speech_model, stream_reply
+    from opens2s.processing.threads import default_num_threads
 
+    if args.threads is not None and args.threads < 1:
+        raise ValueError(f"--threads must be >= 1, got {args.threads}")
+    torch.set_num_threads(args.threads or default_num_threads())
     speech_model = load_speech_model(args.model, device=args.device, dtype=args.dtype, token2wav=args.token2wav)
     if speech_model.is_tiny:
         print("Note: running the tiny RANDOM default model: the reply is noise. Use --model for a real checkpoint.")
@@ -177,6 +187,7 @@ def _run_chat(args: argparse.Namespace) -> int:
         elif event.kind == "done":
             stats = event.stats
     print()
+    print(f"{args.device}, {args.dtype}, {torch.get_num_threads()} torch CPU thread(s)")
     print(f"text tokens: {stats.num_text_tokens}, speech units: {stats.num_units}")
     print(f"first text: {_seconds(stats.time_to_first_text)}, first units: {_seconds(stats.time_to_first_units)}")
     if audio:

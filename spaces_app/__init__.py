@@ -8,6 +8,8 @@ Run it locally with `python -m opens2s.spaces_app [--model ...]`, `opens2s space
 import argparse
 import os
 
+from opens2s.processing.threads import default_num_threads
+
 
 __all__ = ["add_arguments", "main"]
 
@@ -58,7 +60,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="answers generated at the same time; later requests wait in the queue (default 2)",
     )
     parser.add_argument("--max-queue-size", type=int, default=32, help="requests that may wait (default 32)")
-    parser.add_argument("--threads", type=int, help="torch CPU threads (1 is fastest for the tiny model)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=default_num_threads(),
+        help="torch CPU threads (default: half the cores, 1 to 4; more threads make small models slower)",
+    )
     parser.add_argument("--host", help="address to listen on (default: gradio's, 127.0.0.1 or $GRADIO_SERVER_NAME)")
     parser.add_argument("--port", type=int, help="port (default: gradio's, 7860 or $GRADIO_SERVER_PORT)")
     parser.add_argument("--share", action="store_true", help="also open a public gradio.live link")

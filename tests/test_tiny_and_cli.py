@@ -169,3 +169,38 @@ def test_cli_tiny_builds_into_dst(tmp_path, capsys):
 def test_python_dash_m_runs_the_cli():
     result = subprocess.run([sys.executable, "-m", "opens2s", "--help"], capture_output=True, text=True, check=True)
     assert "convert" in result.stdout and "tiny" in result.stdout
+
+
+# ------------------------------------------------------------------ torch threads of `opens2s chat`
+@pytest.fixture
+def restore_threads():
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.mark.parametrize("cores, expected", [(1, 1), (2, 1), (3, 1), (4, 2), (8, 4), (64, 4)])
+def test_default_threads_leave_half_the_cores_free(monkeypatch, cores, expected):
+    from opens2s.processing.threads import default_num_threads
+
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: set(range(cores)), raising=False)
+    monkeypatch.setattr("os.cpu_count", lambda: cores)
+    assert default_num_threads() == expected
+
+
+@pytest.mark.parametrize(
+    "argv, threads", [pytest.param([], 3, id="default"), pytest.param(["--threads", "2"], 2, id="explicit")]
+)
+def test_chat_sets_and_reports_its_threads(
+    tiny_model_dir, tmp_path, capsys, monkeypatch, restore_threads, argv, threads
+):
+    monkeypatch.setattr("opens2s.processing.threads.default_num_threads", lambda: 3)
+    chat = ["chat", "--model", str(tiny_model_dir), "--out", str(tmp_path / "reply.wav"), "--max-new-tokens", "2"]
+    assert main(chat + ["--max-units", "12"] + argv) == 0
+    assert torch.get_num_threads() == threads
+    assert f"cpu, float32, {threads} torch CPU thread(s)" in capsys.readouterr().out
+
+
+def test_chat_refuses_zero_threads(capsys):
+    assert main(["chat", "--threads", "0"]) == 1
+    assert "--threads must be >= 1, got 0" in capsys.readouterr().err
