@@ -5,18 +5,25 @@ into the LLM input at the audio placeholders -> Qwen3 LLM -> text; the LLM's las
 normalised, condition a second Qwen3 LM (the speech decoder) that writes speech units in an interleaved M:N layout.
 """
 
+import os
+import shutil
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 from transformers import AutoModel, AutoModelForCausalLM, GenerationMixin, PreTrainedModel
 from transformers.cache_utils import Cache
-from transformers.utils import ModelOutput, logging
+from transformers.modeling_outputs import BaseModelOutputWithPooling
+from transformers.utils import ModelOutput, can_return_tuple, logging
+from transformers.utils.deprecation import deprecate_kwarg
 
 from .audio_lengths_opens2s import adapter_output_lengths, encoder_output_lengths
 from .configuration_opens2s import OpenS2SConfig
+from .engine_opens2s import OpenS2SEngine, split_batch
 from .interleave_opens2s import IGNORE_INDEX, build_interleaved_rows, find_speech_spans
+from .saving_opens2s import TOKEN2WAV_SUBFOLDER, publish_folder, save_speech_parts, staging_folder
 from .streaming_opens2s import stream as stream_events
 
 
@@ -26,14 +33,12 @@ if TYPE_CHECKING:
 __all__ = [
     "TOKEN2WAV_SUBFOLDER",
     "OpenS2SAudioAdapter",
+    "OpenS2SAudioOutput",
     "OpenS2SForConditionalGeneration",
     "OpenS2SGenerateOutput",
     "OpenS2SOutput",
     "OpenS2SPreTrainedModel",
 ]
-
-# Subfolder of a converted OpenS2S folder (or Hub repo) that holds the token2wav decoder.
-TOKEN2WAV_SUBFOLDER = "token2wav"
 
 logger = logging.get_logger(__name__)
 
@@ -58,6 +63,11 @@ class OpenS2SOutput(ModelOutput):
         last_hidden_state (`torch.FloatTensor` of shape `(batch_size, sequence_length, text_hidden_size)`):
             LLM hidden states after its final norm (what the speech decoder is conditioned on).
         cache (`Cache`, *optional*): the LLM's key/value cache.
+        hidden_states (`tuple(torch.FloatTensor)`, *optional*, returned with `output_hidden_states=True`):
+            The LLM's input embeddings and the output of each of its layers, each `(batch_size, sequence_length,
+            text_hidden_size)`.
+        attentions (`tuple(torch.FloatTensor)`, *optional*, returned with `output_attentions=True`):
+            The LLM's attention weights per layer, each `(batch_size, num_heads, sequence_length, key_length)`.
     """
 
     loss: torch.FloatTensor | None = None
@@ -69,13 +79,51 @@ class OpenS2SOutput(ModelOutput):
     speech_labels: torch.LongTensor | None = None
     last_hidden_state: torch.FloatTensor | None = None
     cache: Cache | None = None
+    hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    attentions: tuple[torch.FloatTensor, ...] | None = None
 
 
-def causal_lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Next-token cross-entropy in float32, mean over targets: position `t` predicts `labels[t + 1]`; -100 ignored."""
+@dataclass
+class OpenS2SAudioOutput(BaseModelOutputWithPooling):
+    r"""
+    Output of [`OpenS2SForConditionalGeneration.get_audio_features`].
+
+    Args:
+        last_hidden_state (`torch.FloatTensor` of shape `(num_audios, encoder_frames, encoder_dim)`):
+            Audio encoder output (25 frames/s), the 30 s windows of each audio concatenated.
+        pooler_output (`torch.FloatTensor` of shape `(num_audios, frames, text_hidden_size)`):
+            The adapter's output (6.25 frames/s): what is written over the audio placeholders.
+        audio_lengths (`torch.LongTensor` of shape `(num_audios,)`): valid frames of `pooler_output` per audio.
+        hidden_states (`tuple(torch.FloatTensor)`, *optional*, returned with `output_hidden_states=True`):
+            The encoder's per-layer states, each `(num_windows, 1500, encoder_dim)` over the encoded 30 s windows.
+        attentions (`tuple(torch.FloatTensor)`, *optional*, returned with `output_attentions=True`):
+            The encoder's attention weights per layer over the encoded windows.
+    """
+
+    audio_lengths: torch.LongTensor | None = None
+
+
+def causal_lm_loss(
+    logits: torch.Tensor, labels: torch.Tensor, num_items_in_batch: torch.Tensor | int | None = None
+) -> torch.Tensor:
+    """Next-token cross-entropy in float32: position `t` predicts `labels[t + 1]`; -100 ignored.
+
+    The mean over the targets, or, with `num_items_in_batch` (the targets of every micro-batch of one optimiser step,
+    as `Trainer` counts them), the sum divided by it, so gradient accumulation gives the full-batch loss.
+    """
     shift_logits = logits[:, :-1].float().reshape(-1, logits.shape[-1])
     shift_labels = labels[:, 1:].reshape(-1).to(shift_logits.device)
-    return nn.functional.cross_entropy(shift_logits, shift_labels, ignore_index=IGNORE_INDEX)
+    if num_items_in_batch is None:
+        return nn.functional.cross_entropy(shift_logits, shift_labels, ignore_index=IGNORE_INDEX)
+    total = nn.functional.cross_entropy(shift_logits, shift_labels, ignore_index=IGNORE_INDEX, reduction="sum")
+    if torch.is_tensor(num_items_in_batch):
+        num_items_in_batch = num_items_in_batch.to(total.device)
+    return total / num_items_in_batch
+
+
+def count_targets(labels: torch.Tensor) -> torch.Tensor:
+    """Number of next-token targets of `labels` (what `causal_lm_loss` averages over)."""
+    return labels[:, 1:].ne(IGNORE_INDEX).sum()
 
 
 class OpenS2SAudioAdapter(nn.Module):
@@ -120,23 +168,36 @@ class OpenS2SGenerateOutput(ModelOutput):
     r"""
     Output of [`OpenS2SForConditionalGeneration.generate`] (with `return_speech=True`).
 
-    sequences (`torch.LongTensor` of shape `(1, prompt_length + num_text_tokens)`):
-        The prompt followed by the generated text ids (a text EOS included, as `GenerationMixin.generate`).
-    unit_sequences (`torch.LongTensor` of shape `(1, num_units)`):
-        The speech units `0..K-1` of the answer (speech EOS and non-unit decoder ids left out).
-    audio_values (`torch.FloatTensor` of shape `(1, num_samples)`, *optional*):
-        The spoken answer at `sampling_rate`, when a token2wav decoder is attached or passed.
+    sequences (`torch.LongTensor` of shape `(batch_size, prompt_length + num_text_tokens)`):
+        The prompts as given followed by the generated text ids (a text EOS included, as `GenerationMixin.generate`);
+        a shorter answer is padded on the right with the pad token id (else the first EOS id).
+    unit_sequences (`torch.LongTensor` of shape `(batch_size, num_units)`):
+        The speech units `0..K-1` of each answer (speech EOS and non-unit decoder ids left out), padded with -1.
+    unit_lengths (`torch.LongTensor` of shape `(batch_size,)`): units per answer.
+    audio_values (`torch.FloatTensor` of shape `(batch_size, num_samples)`, *optional*):
+        The spoken answers at `sampling_rate`, zero-padded, when a token2wav decoder is attached or passed.
+    audio_lengths (`torch.LongTensor` of shape `(batch_size,)`, *optional*): samples per answer.
     sampling_rate (`int`, *optional*):
         Sample rate of `audio_values` in Hz.
-    stats (`StreamStats`):
-        Counts, stop reasons and timings of the underlying stream.
+    stats (`StreamStats`, *optional*):
+        Counts, stop reasons and timings of the answer, for a batch of one (else `None`; see `row_stats`).
+    row_stats (`list[StreamStats]`): the same per answer.
     """
 
     sequences: torch.LongTensor | None = None
     unit_sequences: torch.LongTensor | None = None
+    unit_lengths: torch.LongTensor | None = None
     audio_values: torch.FloatTensor | None = None
+    audio_lengths: torch.LongTensor | None = None
     sampling_rate: int | None = None
     stats: object | None = None
+    row_stats: list | None = None
+
+
+def _pad_stack(rows: list[torch.Tensor], value) -> torch.Tensor:
+    """`(len(rows), longest)` from 1-D tensors, right-padded with `value`."""
+    width = max(row.shape[0] for row in rows)
+    return torch.stack([torch.nn.functional.pad(row, (0, width - row.shape[0]), value=value) for row in rows])
 
 
 class OpenS2SPreTrainedModel(PreTrainedModel):
@@ -145,12 +206,16 @@ class OpenS2SPreTrainedModel(PreTrainedModel):
     base_model_prefix = ""
     main_input_name = "input_ids"
     input_modalities = ("audio", "text")
+    output_modalities = ("text", "audio")
     supports_gradient_checkpointing = True
     _no_split_modules = ["Qwen2AudioEncoderLayer", "Qwen3DecoderLayer"]
     _supports_flash_attn = True
     _supports_sdpa = True
-    _supports_flex_attn = True
+    # The Qwen2-Audio encoder has no flex-attention path, so the composite claims none.
+    _supports_flex_attn = False
     _can_compile_fullgraph = False
+    # `forward` takes `num_items_in_batch` (see `causal_lm_loss`): `Trainer` passes it and does not rescale the loss.
+    accepts_loss_kwargs = True
 
     def _init_weights(self, module: nn.Module):
         # Modules of the encoder and the two LMs use their own model's init (and initializer_range).
@@ -208,10 +273,14 @@ class OpenS2SForConditionalGeneration(OpenS2SPreTrainedModel, GenerationMixin):
     def get_output_embeddings(self) -> nn.Module:
         return self.language_model.get_output_embeddings()
 
+    def set_output_embeddings(self, new_embeddings: nn.Module):
+        self.language_model.set_output_embeddings(new_embeddings)
+
     # ---------------------------------------------------------------- audio
+    @can_return_tuple
     def get_audio_features(
-        self, input_features: torch.Tensor, feature_attention_mask: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+        self, input_features: torch.Tensor, feature_attention_mask: torch.Tensor, **kwargs
+    ) -> OpenS2SAudioOutput:
         """Encode audios into LLM embeddings.
 
         Reproduces two behaviours of the original on purpose (parity with the released weights): every 30 s window
@@ -221,16 +290,23 @@ class OpenS2SForConditionalGeneration(OpenS2SPreTrainedModel, GenerationMixin):
         Args:
             input_features (`torch.FloatTensor` of shape `(num_audios, num_mel_bins, 3000 * k)`): log-mel features.
             feature_attention_mask (`torch.LongTensor` of shape `(num_audios, 3000 * k)`): 1 on valid mel frames.
+            kwargs: `output_hidden_states`, `output_attentions` (of the encoder), `return_dict`.
 
         Returns:
-            `(audio_embeds, audio_lengths)`: `(num_audios, frames, llm_hidden)` and valid frames per audio.
+            [`OpenS2SAudioOutput`]: the adapter output (`pooler_output`, `(num_audios, frames, llm_hidden)`), its valid
+            frames per audio (`audio_lengths`) and the encoder output (`last_hidden_state`).
         """
-        encoder_states, encoder_lengths = self._encode_audio_windows(input_features, feature_attention_mask)
-        return self.audio_adapter(encoder_states, encoder_lengths)
+        encoded = self._encode_audio_windows(input_features, feature_attention_mask, **kwargs)
+        audio_embeds, audio_lengths = self.audio_adapter(encoded.last_hidden_state, encoded.audio_lengths)
+        encoded.pooler_output, encoded.audio_lengths = audio_embeds, audio_lengths
+        return encoded
 
+    @can_return_tuple
     def _encode_audio_windows(
-        self, input_features: torch.Tensor, feature_attention_mask: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+        self, input_features: torch.Tensor, feature_attention_mask: torch.Tensor, **kwargs
+    ) -> OpenS2SAudioOutput:
+        """Encoder states of every audio `(num_audios, frames, encoder_dim)` (windows concatenated) in
+        `last_hidden_state` and their valid frames in `audio_lengths`."""
         window = self.config.audio_config.max_source_positions * 2
         num_audios, num_mels, num_frames = input_features.shape
         if num_frames % window != 0:
@@ -245,7 +321,8 @@ class OpenS2SForConditionalGeneration(OpenS2SPreTrainedModel, GenerationMixin):
         used = torch.arange(num_windows, device=windows_used.device)[None, :] < windows_used[:, None]
         # Windows entirely made of padding (a short audio batched with a long one) are skipped, as in the original.
         encoder_dtype = self.audio_encoder.conv1.weight.dtype
-        encoded = self.audio_encoder(windows[used].to(encoder_dtype)).last_hidden_state
+        encoder_output = self.audio_encoder(windows[used].to(encoder_dtype), return_dict=True, **kwargs)
+        encoded = encoder_output.last_hidden_state
         window_lengths = encoder_output_lengths(window_masks[used].sum(-1))
         frames_per_window = encoded.shape[1]
         states = encoded.new_zeros(num_audios, num_windows * frames_per_window, encoded.shape[-1])
@@ -255,7 +332,12 @@ class OpenS2SForConditionalGeneration(OpenS2SPreTrainedModel, GenerationMixin):
             states[audio, : count * frames_per_window] = encoded[offset : offset + count].flatten(0, 1)
             lengths[audio] = window_lengths[offset : offset + count].sum()
             offset += count
-        return states[:, : int(lengths.max())], lengths
+        return OpenS2SAudioOutput(
+            last_hidden_state=states[:, : int(lengths.max())],
+            audio_lengths=lengths,
+            hidden_states=encoder_output.hidden_states,
+            attentions=encoder_output.attentions,
+        )
 
     def get_placeholder_mask(self, input_ids: torch.LongTensor, num_audio_frames: int) -> torch.Tensor:
         """Mask of the audio placeholder positions; raises if their number differs from the audio frames."""
@@ -286,7 +368,8 @@ class OpenS2SForConditionalGeneration(OpenS2SPreTrainedModel, GenerationMixin):
             return embed_tokens(input_ids)
         if feature_attention_mask is None:
             raise ValueError("feature_attention_mask is required with input_features (it marks the valid frames)")
-        audio_embeds, audio_lengths = self.get_audio_features(input_features, feature_attention_mask)
+        audio = self.get_audio_features(input_features, feature_attention_mask)
+        audio_embeds, audio_lengths = audio.pooler_output, audio.audio_lengths
         valid = torch.arange(audio_embeds.shape[1], device=audio_lengths.device)[None, :] < audio_lengths[:, None]
         audio_frames = audio_embeds[valid]
         mask = self.get_placeholder_mask(input_ids, audio_frames.shape[0])
@@ -342,6 +425,8 @@ class OpenS2SForConditionalGeneration(OpenS2SPreTrainedModel, GenerationMixin):
         return logits, attention_mask, labels
 
     # ---------------------------------------------------------------- forward
+    @can_return_tuple
+    @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
@@ -358,6 +443,8 @@ class OpenS2SForConditionalGeneration(OpenS2SPreTrainedModel, GenerationMixin):
         speaker_embeddings: torch.Tensor | None = None,
         use_cache: bool | None = None,
         logits_to_keep: int | torch.Tensor = 0,
+        num_items_in_batch: torch.Tensor | int | None = None,
+        num_speech_items_in_batch: torch.Tensor | int | None = None,
         **kwargs,
     ) -> OpenS2SOutput:
         r"""
@@ -379,6 +466,17 @@ class OpenS2SForConditionalGeneration(OpenS2SPreTrainedModel, GenerationMixin):
                 1 on real units.
             speaker_embeddings (`torch.FloatTensor` of shape `(num_speech_turns, speaker_embedding_dim)`, *optional*):
                 Speaker embedding per speech turn; zeros when omitted.
+            cache (`Cache`, *optional*; `past_key_values` is the deprecated name):
+                The LLM's cache of the positions before `input_ids`; generation continues from it exactly.
+            num_items_in_batch (`int` or `torch.Tensor`, *optional*):
+                Text targets (`labels[:, 1:] != -100`) of all micro-batches of one optimiser step, as `Trainer` counts
+                them: the text loss becomes a sum over this micro-batch divided by it, so gradient accumulation gives
+                the loss of the whole batch.
+            num_speech_items_in_batch (`int` or `torch.Tensor`, *optional*):
+                The same count for the speech targets (`OpenS2STrainer` passes it). Without it, when
+                `num_items_in_batch` is given, the speech loss keeps this micro-batch's mean weighted by its share of
+                the step's text targets (exact when the micro-batches have the same speech/text ratio).
+            kwargs: `output_hidden_states`, `output_attentions` and attention kwargs of the LLM; `return_dict`.
         """
         if inputs_embeds is None:
             if input_ids is None:
@@ -400,7 +498,7 @@ class OpenS2SForConditionalGeneration(OpenS2SPreTrainedModel, GenerationMixin):
         text_loss = speech_loss = loss = None
         speech_logits = speech_attention_mask = speech_labels = None
         if labels is not None:
-            text_loss = causal_lm_loss(logits, labels)
+            text_loss = causal_lm_loss(logits, labels, num_items_in_batch)
             loss = self.config.text_loss_weight * text_loss
         if speech_units is not None:
             if speech_span_mask is None:
@@ -408,7 +506,8 @@ class OpenS2SForConditionalGeneration(OpenS2SPreTrainedModel, GenerationMixin):
             speech_logits, speech_attention_mask, speech_labels = self._speech_decoder_forward(
                 last_hidden_state, speech_span_mask, speech_units, speech_units_mask, speaker_embeddings
             )
-            speech_loss = causal_lm_loss(speech_logits, speech_labels)
+            speech_items = self._speech_items(speech_labels, labels, num_items_in_batch, num_speech_items_in_batch)
+            speech_loss = causal_lm_loss(speech_logits, speech_labels, speech_items)
             weighted = self.config.speech_loss_weight * speech_loss
             loss = weighted if loss is None else loss + weighted
         return OpenS2SOutput(
@@ -421,7 +520,24 @@ class OpenS2SForConditionalGeneration(OpenS2SPreTrainedModel, GenerationMixin):
             speech_labels=speech_labels,
             last_hidden_state=last_hidden_state,
             cache=outputs.cache if use_cache is not False else None,
+            hidden_states=outputs.hidden_states,
+            attentions=outputs.attentions,
         )
+
+    @staticmethod
+    def _speech_items(
+        speech_labels: torch.Tensor,
+        labels: torch.Tensor | None,
+        num_items_in_batch: torch.Tensor | int | None,
+        num_speech_items_in_batch: torch.Tensor | int | None,
+    ) -> torch.Tensor | int | None:
+        """The divisor of the summed speech loss (see `forward`); None keeps the mean."""
+        if num_speech_items_in_batch is not None or num_items_in_batch is None or labels is None:
+            return num_speech_items_in_batch
+        text_items = count_targets(labels)
+        if int(text_items) == 0:
+            return None
+        return count_targets(speech_labels) * num_items_in_batch / text_items
 
     def stream(self, **kwargs):
         """Generate text, speech units and (with a token2wav decoder) audio together as an iterator of events
@@ -465,20 +581,101 @@ class OpenS2SForConditionalGeneration(OpenS2SPreTrainedModel, GenerationMixin):
         self.__dict__["_token2wav"] = token2wav
         return token2wav
 
+    def save_pretrained(self, save_directory: str | os.PathLike, is_main_process: bool = True, **kwargs):
+        """[`PreTrainedModel.save_pretrained`] plus what the folder needs to speak: `speech_generation_config.json`,
+        the token2wav decoder in `token2wav/` (the attached one, else the one of the local folder this model was
+        loaded from), the processor of that folder, and a model card (`README.md`, kept if present).
+
+        Everything is written to a staging folder next to `save_directory` first and then moved into place, so the
+        folder is complete or absent (into an existing folder, each file is replaced atomically). `Trainer.save_model`
+        and `push_to_hub` go through here; `push_to_hub=True` uploads the finished folder (`repo_id`, `commit_message`,
+        `create_pr`, `private`, `token` as in transformers).
+        """
+        if not is_main_process:  # other ranks only join the collectives of a sharded save
+            return super().save_pretrained(save_directory, is_main_process=False, **kwargs)
+        hub_kwargs = {
+            name: kwargs.pop(name) for name in ("repo_id", "commit_message", "create_pr", "private") if name in kwargs
+        }
+        push_to_hub = kwargs.pop("push_to_hub", False)
+        target = Path(save_directory)
+        staging = staging_folder(target)
+        try:
+            if getattr(self.config, "auto_map", None) is not None or self._auto_class is not None:
+                module = type(self).__module__.split(".")[-1]
+                self.config.auto_map = (getattr(self.config, "auto_map", None) or {}) | {
+                    "AutoModelForMultimodalLM": f"{module}.{type(self).__name__}"
+                }
+            super().save_pretrained(staging, **kwargs)
+            save_speech_parts(self, staging)
+            publish_folder(staging, target)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        if push_to_hub:
+            self._upload_folder(target, token=kwargs.get("token"), **hub_kwargs)
+
+    def _upload_folder(self, folder: Path, repo_id: str | None = None, token: str | bool | None = None, **kwargs):
+        from huggingface_hub import HfApi
+
+        api = HfApi(token=token)
+        repo_id = api.create_repo(repo_id or folder.name, private=kwargs.pop("private", None), exist_ok=True).repo_id
+        return api.upload_folder(
+            repo_id=repo_id,
+            folder_path=folder,
+            commit_message=kwargs.get("commit_message") or "Upload OpenS2S",
+            create_pr=kwargs.get("create_pr", False),
+        )
+
     def generate(self, input_ids: torch.LongTensor | None = None, return_speech: bool = True, **kwargs):
         """Generate the whole answer.
 
-        With `return_speech=True` (the default) this runs [`stream`] to the end and returns an
-        [`OpenS2SGenerateOutput`] (text ids, unit ids, and audio when a token2wav decoder is attached); `kwargs` are
-        `stream`'s (`processor`, `generation_config`, `speech_generation_config`, `speaker_embedding`, ...), and
-        `max_new_tokens` / `speech_max_new_tokens` override the text / speech budgets. Batch size 1.
+        With `return_speech=True` (the default) this runs [`stream`] to the end for every row of the batch (one
+        [`OpenS2SEngine`] decodes the rows together; each answer equals that prompt's answer alone) and returns an
+        [`OpenS2SGenerateOutput`] (text ids, unit ids, and audio when a token2wav decoder is attached). `kwargs` are
+        the processor's inputs (`attention_mask`, `input_features`, `feature_attention_mask`) and `stream`'s
+        (`processor`, `generation_config`, `speech_generation_config`, `speaker_embedding`, `seed`, ...);
+        `max_new_tokens` / `speech_max_new_tokens` override the text / speech budgets, and the standard sampling
+        arguments (`do_sample`, `temperature`, `top_k`, `top_p`, `repetition_penalty`, ...) apply to the LLM
+        (`speech_`-prefixed to the speech decoder). Beam search and assisted decoding need `return_speech=False`.
+        With sampling, pass `seed=` rather than one `generator` so every row draws from its own generator.
 
         With `return_speech=False` it is `GenerationMixin.generate` (text only, batched, returns token ids).
         """
         if not return_speech:
             return super().generate(input_ids, **kwargs)
-        text_ids, unit_ids, audio, sampling_rate, done = [], [], [], None, None
-        for event in stream_events(self, input_ids=input_ids, **kwargs):
+        if "logits_processor" in kwargs:
+            kwargs["text_logits_processor"] = kwargs.pop("logits_processor")
+        prompt = input_ids if input_ids.dim() == 2 else input_ids[None]
+        batch = {"input_ids": prompt}
+        for name in ("attention_mask", "input_features", "feature_attention_mask"):
+            if kwargs.get(name) is not None:
+                batch[name] = kwargs.pop(name)
+        rows = [batch] if prompt.shape[0] == 1 else split_batch(self, batch)
+        engine = OpenS2SEngine(self, max_active=len(rows), max_queued=0)
+        conversations = [engine.submit(row, **kwargs) for row in rows]
+        answers = [self._collect_answer(conversation) for conversation in conversations]
+        text_config = kwargs.get("generation_config") or self.generation_config
+        pad = text_config.pad_token_id if text_config.pad_token_id is not None else text_config.eos_token_id
+        pad = pad[0] if isinstance(pad, list) else (pad if pad is not None else 0)
+        new_ids = _pad_stack([torch.tensor(text, dtype=prompt.dtype) for text, *_ in answers], pad)
+        audio = [audio for _, _, audio, _, _ in answers]
+        spoken = any(row is not None for row in audio)
+        audio = [row if row is not None else torch.zeros(0) for row in audio]
+        return OpenS2SGenerateOutput(
+            sequences=torch.cat([prompt, new_ids.to(prompt.device)], dim=-1),
+            unit_sequences=_pad_stack([torch.tensor(units, dtype=torch.long) for _, units, *_ in answers], -1),
+            unit_lengths=torch.tensor([len(units) for _, units, *_ in answers]),
+            audio_values=_pad_stack(audio, 0.0) if spoken else None,
+            audio_lengths=torch.tensor([row.shape[0] for row in audio]) if spoken else None,
+            sampling_rate=next((rate for *_, rate, _ in answers if rate is not None), None),
+            stats=answers[0][4] if len(answers) == 1 else None,
+            row_stats=[stats for *_, stats in answers],
+        )
+
+    @staticmethod
+    def _collect_answer(events) -> tuple[list[int], list[int], torch.Tensor | None, int | None, object]:
+        """`(text ids, units, audio (num_samples,) or None, sample rate, stats)` of one conversation's events."""
+        text_ids, unit_ids, audio, sampling_rate, stats = [], [], [], None, None
+        for event in events:
             if event.kind == "text":
                 text_ids += event.token_ids
             elif event.kind == "units":
@@ -487,16 +684,12 @@ class OpenS2SForConditionalGeneration(OpenS2SPreTrainedModel, GenerationMixin):
                 audio.append(torch.from_numpy(event.pcm))
                 sampling_rate = event.sample_rate
             else:
-                done = event
-        prompt = input_ids if input_ids.dim() == 2 else input_ids[None]
-        new_ids = torch.tensor([text_ids], dtype=prompt.dtype, device=prompt.device)
-        return OpenS2SGenerateOutput(
-            sequences=torch.cat([prompt, new_ids], dim=-1),
-            unit_sequences=torch.tensor([unit_ids], dtype=torch.long),
-            audio_values=torch.cat(audio)[None] if audio else None,
-            sampling_rate=sampling_rate,
-            stats=done.stats,
-        )
+                stats = event.stats
+        return text_ids, unit_ids, torch.cat(audio) if audio else None, sampling_rate, stats
+
+    def engine(self, processor=None, **kwargs) -> OpenS2SEngine:
+        """An [`OpenS2SEngine`] over this model (`max_active`, `max_queued`): many conversations decoded together."""
+        return OpenS2SEngine(self, processor, **kwargs)
 
 
 OpenS2SForConditionalGeneration.register_for_auto_class("AutoModel")
