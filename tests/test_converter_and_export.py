@@ -16,12 +16,10 @@ from opens2s.conversion.convert_original_opens2s import convert_original_checkpo
 from opens2s.training import OpenS2SDataCollator, load_original_jsonl
 
 
-@pytest.fixture(scope="module")
-def original_folder():
-    sets = reference_sets()
-    if not sets:
-        pytest.skip("no reference fixture set")
-    return sets[0].values[0]
+@pytest.fixture(scope="module", params=reference_sets())
+def original_folder(request):
+    """An original checkpoint folder: each reference fixture set in turn."""
+    return request.param
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +46,6 @@ def test_conversion_shards_and_keeps_every_tensor(original_folder, converted):
     )
 
 
-@requires_reference
 def test_not_a_checkpoint(tmp_path):
     (tmp_path / "src").mkdir()
     with pytest.raises(FileNotFoundError, match="no config.json"):
