@@ -8,86 +8,12 @@ from transformers import WhisperFeatureExtractor
 from transformers.feature_extraction_utils import BatchFeature
 from transformers.utils import logging
 
+from .audio_opens2s import load_audio
 
-__all__ = ["OpenS2SFeatureExtractor", "prepare_waveform", "resample"]
+
+__all__ = ["OpenS2SFeatureExtractor"]
 
 logger = logging.get_logger(__name__)
-
-
-def resample(waveform: np.ndarray, orig_sr: int, target_sr: int, lowpass_filter_width: int = 6) -> np.ndarray:
-    """Band-limited resampling of a 1-D float waveform with a Hann-windowed sinc filter (polyphase, torch conv1d).
-
-    The rates are reduced by their gcd; each of the `target` output phases gets its own filter, cut off at 99 % of
-    the lower Nyquist frequency.
-    """
-    if orig_sr == target_sr:
-        return waveform
-    divisor = math.gcd(orig_sr, target_sr)
-    orig, new = orig_sr // divisor, target_sr // divisor
-    cutoff = min(orig, new) * 0.99
-    width = math.ceil(lowpass_filter_width * orig / cutoff)
-    taps = torch.arange(-width, width + orig, dtype=torch.float64)[None, :] / orig
-    phases = -torch.arange(new, dtype=torch.float64)[:, None] / new
-    t = ((phases + taps) * cutoff).clamp(-lowpass_filter_width, lowpass_filter_width)
-    window = torch.cos(t * math.pi / lowpass_filter_width / 2) ** 2
-    t = t * math.pi
-    kernels = torch.where(t == 0, torch.ones_like(t), torch.sin(t) / t) * window * (cutoff / orig)
-    signal = torch.from_numpy(np.ascontiguousarray(waveform, dtype=np.float64))
-    padded = torch.nn.functional.pad(signal[None, None], (width, width + orig))
-    out = torch.nn.functional.conv1d(padded, kernels[:, None], stride=orig)
-    out = out.transpose(1, 2).reshape(-1)[: math.ceil(new * signal.shape[0] / orig)]
-    return out.numpy().astype(np.float32)
-
-
-def prepare_waveform(
-    waveform,
-    sampling_rate: int | None,
-    target_sr: int = 16000,
-    max_seconds: float | None = None,
-    min_samples: int = 160,
-) -> np.ndarray:
-    """Check one audio and bring it to mono float32 at `target_sr`.
-
-    Accepts 1-D `(samples,)` or 2-D `(channels, samples)` / `(samples, channels)` arrays (downmixed by averaging).
-    Raises a `ValueError` that names the problem for empty, too short, too long, NaN/Inf or higher-rank input.
-    """
-    if waveform is None:
-        raise ValueError("audio is missing (got None)")
-    if isinstance(waveform, torch.Tensor):
-        waveform = waveform.detach().cpu().float().numpy()
-    array = np.asarray(waveform)
-    if array.dtype.kind not in "fiu":
-        raise ValueError(f"audio must be numeric samples, got dtype {array.dtype}")
-    if array.dtype.kind in "iu":  # PCM integers -> [-1, 1)
-        array = array.astype(np.float32) / float(np.iinfo(array.dtype).max + 1)
-    array = array.astype(np.float32, copy=False)
-    if array.ndim == 2:
-        channel_axis = 0 if array.shape[0] <= array.shape[1] else 1
-        if array.shape[channel_axis] > 8:
-            raise ValueError(f"audio of shape {array.shape} does not look like (channels, samples); pass 1-D mono")
-        array = array.mean(axis=channel_axis)
-    elif array.ndim != 1:
-        raise ValueError(f"audio must be 1-D (samples,) or 2-D (channels, samples), got shape {array.shape}")
-    if array.size == 0:
-        raise ValueError("audio is empty (0 samples)")
-    if not np.isfinite(array).all():
-        raise ValueError("audio contains NaN or Inf samples")
-    if sampling_rate is None:
-        logger.warning_once(f"No sampling_rate given for the audio; assuming {target_sr} Hz.")
-        sampling_rate = target_sr
-    if sampling_rate <= 0:
-        raise ValueError(f"sampling_rate must be positive, got {sampling_rate}")
-    array = resample(array, int(sampling_rate), target_sr)
-    if array.shape[0] < min_samples:
-        raise ValueError(
-            f"audio is too short: {array.shape[0]} samples at {target_sr} Hz, need at least {min_samples}"
-        )
-    if max_seconds is not None and array.shape[0] > max_seconds * target_sr:
-        raise ValueError(
-            f"audio is too long: {array.shape[0] / target_sr:.1f} s; the limit is {max_seconds:.0f} s "
-            "(set feature_extractor.max_audio_seconds to change it)"
-        )
-    return array
 
 
 class OpenS2SFeatureExtractor(WhisperFeatureExtractor):
@@ -96,9 +22,12 @@ class OpenS2SFeatureExtractor(WhisperFeatureExtractor):
     is zero-padded to the batch's longest one rounded *up to a whole number of 30 s windows* (not cut at 30 s), and
     `attention_mask` marks the valid frames (`ceil(samples / 160)`).
 
+    Every audio goes through [`~audio_opens2s.load_audio`] (paths, bytes, arrays, `datasets.Audio` values, ...):
+    checked, downmixed, and resampled with soxr to 16 kHz.
+
     Args:
         max_audio_seconds (`float`, *optional*, defaults to 600.0):
-            Longest accepted audio; longer input is refused with a message saying the limit.
+            Longest accepted audio; longer input is refused (before decoding) with a message saying the limit.
     """
 
     model_input_names = ["input_features", "attention_mask"]
@@ -117,15 +46,31 @@ class OpenS2SFeatureExtractor(WhisperFeatureExtractor):
         **kwargs,
     ) -> BatchFeature:
         """Turn one audio or a list of audios into `input_features` `(num_audios, 128, 3000 * k)` and
-        `attention_mask` `(num_audios, 3000 * k)`; extra keyword arguments of the generic API are ignored."""
-        if isinstance(raw_speech, (list, tuple)) and raw_speech and np.ndim(raw_speech[0]) == 0:
+        `attention_mask` `(num_audios, 3000 * k)`; extra keyword arguments of the generic API are ignored.
+
+        Audios are anything [`~audio_opens2s.load_audio`] reads. `sampling_rate` is the rate of arrays; without it
+        arrays are taken to be at `self.sampling_rate` (16 kHz, what the chat template passes), with a warning.
+        """
+        if isinstance(raw_speech, (list, tuple)) and raw_speech and isinstance(raw_speech[0], (float, np.floating)):
             raw_speech = [np.asarray(raw_speech, dtype=np.float32)]  # one audio given as a list of floats
         elif not isinstance(raw_speech, (list, tuple)):
             raw_speech = [raw_speech]
         if len(raw_speech) == 0:
             raise ValueError("no audio given")
+        if sampling_rate is None and any(isinstance(audio, (np.ndarray, torch.Tensor, list)) for audio in raw_speech):
+            logger.warning_once(
+                f"No sampling_rate given to {type(self).__name__}: arrays are taken to be at {self.sampling_rate} Hz."
+            )
+        sampling_rate = self.sampling_rate if sampling_rate is None else sampling_rate
         waveforms = [
-            prepare_waveform(audio, sampling_rate, self.sampling_rate, self.max_audio_seconds) for audio in raw_speech
+            load_audio(
+                audio,
+                sampling_rate,
+                target_sampling_rate=self.sampling_rate,
+                max_seconds=self.max_audio_seconds,
+                min_samples=self.hop_length,
+            )
+            for audio in raw_speech
         ]
         longest = max(wave.shape[0] for wave in waveforms)
         padded_length = math.ceil(longest / self.n_samples) * self.n_samples
@@ -139,6 +84,22 @@ class OpenS2SFeatureExtractor(WhisperFeatureExtractor):
         return BatchFeature(
             {"input_features": features.astype(np.float32), "attention_mask": attention_mask},
             tensor_type=return_tensors,
+        )
+
+    def fetch_audio(self, audio_url_or_urls, sampling_rate: int | None = None):
+        """Decode paths, bytes and `datasets.Audio` values given to the processor with [`~audio_opens2s.load_audio`]
+        at this extractor's rate (instead of transformers' loader); arrays pass through unchanged."""
+        if isinstance(audio_url_or_urls, list) and not (
+            audio_url_or_urls and isinstance(audio_url_or_urls[0], (float, np.floating))
+        ):
+            return [self.fetch_audio(audio) for audio in audio_url_or_urls]
+        if isinstance(audio_url_or_urls, (np.ndarray, torch.Tensor, list)):
+            return audio_url_or_urls
+        return load_audio(
+            audio_url_or_urls,
+            target_sampling_rate=self.sampling_rate,
+            max_seconds=self.max_audio_seconds,
+            min_samples=self.hop_length,
         )
 
 

@@ -6,60 +6,15 @@ every segment says which units are kept. Features are `transformers.WhisperFeatu
 path, `max - 8` clamp per segment).
 """
 
-import os
 from collections.abc import Sequence
-from typing import Any
 
 import numpy as np
 import torch
 from transformers import WhisperFeatureExtractor
-from transformers.audio_utils import load_audio
 from transformers.feature_extraction_utils import BatchFeature
 
-from .feature_extraction_opens2s import prepare_waveform
 
-
-__all__ = ["load_waveform", "segment_features", "split_segments"]
-
-
-def load_waveform(audio: Any, sampling_rate: int | None, feature_extractor: WhisperFeatureExtractor) -> np.ndarray:
-    """Bring one audio to mono float32 at the feature extractor's rate (16 kHz) and check it.
-
-    Args:
-        audio:
-            A path (`str` / `os.PathLike`, read with `transformers.audio_utils.load_audio`: soundfile + soxr, channels
-            averaged), an array or tensor `(samples,)` / `(channels, samples)` at `sampling_rate`, a tuple
-            `(array, sampling_rate)` as the original `extract_speech_token` takes, or a dict with `"array"` and
-            `"sampling_rate"` (a decoded `datasets.Audio` value).
-        sampling_rate (`int`, *optional*):
-            Rate of bare arrays in Hz; `None` means they are already at the feature extractor's rate.
-        feature_extractor ([`WhisperFeatureExtractor`]):
-            Gives the target rate and the shortest accepted clip (one feature frame, `hop_length` samples).
-
-    Returns:
-        `np.ndarray` of shape `(samples,)`, float32 at `feature_extractor.sampling_rate`. Stereo is averaged to mono
-        (the original keeps the first channel); other rates are resampled.
-
-    Raises:
-        `FileNotFoundError` for a missing file; `ValueError` for empty, too short (< 10 ms), NaN/Inf or wrongly shaped
-        audio.
-    """
-    target_rate = feature_extractor.sampling_rate
-    if isinstance(audio, (str, os.PathLike)):
-        path = os.fspath(audio)
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f"audio file not found: {path}")
-        audio, sampling_rate = load_audio(path, sampling_rate=target_rate), target_rate
-    elif isinstance(audio, tuple) and len(audio) == 2:
-        audio, sampling_rate = audio
-    elif isinstance(audio, dict) and "array" in audio:
-        audio, sampling_rate = audio["array"], audio.get("sampling_rate", sampling_rate)
-    return prepare_waveform(
-        audio,
-        target_rate if sampling_rate is None else sampling_rate,
-        target_sr=target_rate,
-        min_samples=feature_extractor.hop_length,
-    )
+__all__ = ["segment_features", "split_segments"]
 
 
 def split_segments(waveform: np.ndarray, segment_samples: int) -> list[np.ndarray]:

@@ -7,10 +7,10 @@ embeddings in turn; once one side is exhausted the other continues alone.
 
 import torch
 
+from .prompt_format_opens2s import IGNORE_INDEX
+
 
 __all__ = ["find_speech_spans", "interleaved_positions", "build_interleaved_rows"]
-
-IGNORE_INDEX = -100
 
 
 def find_speech_spans(speech_span_mask: torch.Tensor) -> list[tuple[int, int, int]]:

@@ -19,8 +19,9 @@ from transformers import initialization as init
 from transformers.models.whisper.modeling_whisper import WhisperEncoderLayer, sinusoids
 from transformers.utils import ModelOutput, logging
 
+from .audio_opens2s import AudioError, load_audio
 from .configuration_speech_tokenizer import OpenS2SSpeechTokenizerConfig
-from .feature_extraction_speech_tokenizer import load_waveform, segment_features, split_segments
+from .feature_extraction_speech_tokenizer import segment_features, split_segments
 
 
 __all__ = [
@@ -282,12 +283,13 @@ class OpenS2SSpeechTokenizer(PreTrainedModel):
 
         Args:
             audios (`list`):
-                Audios, each a path, a float array `(samples,)` (or `(channels, samples)`, averaged to mono), a
-                `(array, sampling_rate)` tuple or a `{"array", "sampling_rate"}` dict. A single audio (not in a list)
-                is accepted too.
+                Audios, each anything [`~audio_opens2s.load_audio`] reads: a path, bytes, a float or PCM array
+                `(samples,)` (or `(channels, samples)`, averaged to mono), a `(array, sampling_rate)` tuple as the
+                original `extract_speech_token` takes, a `datasets.Audio` value or a torchcodec decoder. A single
+                audio (not in a list) is accepted too. There is no length limit (long audio is cut into segments).
             sampling_rate (`int`, *optional*):
-                Rate in Hz of bare arrays; `None` means the feature extractor's rate (16 kHz). Other rates are
-                resampled.
+                Rate in Hz of bare arrays; `None` means the feature extractor's rate (16 kHz), the documented
+                default of this method. Other rates are resampled with soxr.
             batch_size (`int`, *optional*, defaults to 16):
                 30 s segments per forward pass. The original used 128. When a segment's audio reaches into the last
                 2.5 ms of its last unit, its last feature frame sees the batch's padding through the STFT's reflect
@@ -303,7 +305,7 @@ class OpenS2SSpeechTokenizer(PreTrainedModel):
             `ValueError` / `FileNotFoundError` naming the index of an empty, too short (< 10 ms), non-finite, wrongly
             shaped or missing audio.
         """
-        if isinstance(audios, (str, os.PathLike, np.ndarray, torch.Tensor, dict)) or _is_array_and_rate(audios):
+        if isinstance(audios, (str, os.PathLike, bytes, np.ndarray, torch.Tensor, dict)) or _is_array_and_rate(audios):
             audios = [audios]
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -324,10 +326,21 @@ class OpenS2SSpeechTokenizer(PreTrainedModel):
         return units
 
     def _load(self, index: int, audio: Any, sampling_rate: int | None) -> np.ndarray:
-        """One audio of `encode` -> checked mono 16 kHz waveform; errors name the audio's index."""
+        """One audio of `encode` -> checked mono 16 kHz waveform ([`~audio_opens2s.load_audio`], no length limit:
+        long audio is cut into 30 s segments); errors name the audio's index."""
+        extractor = self.feature_extractor
+        rate = extractor.sampling_rate if sampling_rate is None else sampling_rate
         try:
-            waveform = load_waveform(audio, sampling_rate, self.feature_extractor)
-        except (ValueError, FileNotFoundError) as error:
+            waveform = load_audio(
+                audio,
+                rate,
+                target_sampling_rate=extractor.sampling_rate,
+                max_seconds=None,
+                min_samples=extractor.hop_length,
+            )
+        except AudioError as error:
+            raise AudioError(error.reason, f"audio {index}: {error}") from error
+        except OSError as error:  # a missing file or a folder
             raise type(error)(f"audio {index}: {error}") from error
         if not waveform.any():
             logger.warning(f"audio {index} is digital silence (every sample is 0); its units encode silence")

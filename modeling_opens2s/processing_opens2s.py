@@ -7,31 +7,11 @@ import torch
 from transformers.processing_utils import ProcessorMixin
 
 from .audio_lengths_opens2s import audio_embedding_lengths
+from .audio_opens2s import load_audio
+from .prompt_format_opens2s import AUDIO_TOKEN, CHAT_TEMPLATE
 
 
-__all__ = ["OpenS2SProcessor", "DEFAULT_CHAT_TEMPLATE", "find_unit_tokens"]
-
-# The prompt of the original OpenS2S worker: a default system turn, audio as
-# <|im_audio_start|><|im_audio|><|im_audio_end|>, Qwen3's empty think block, and <|im_tts_start|> when the answer
-# should also be spoken (`speech_output=False` leaves it out).
-DEFAULT_CHAT_TEMPLATE = (
-    "{%- if messages[0]['role'] != 'system' -%}"
-    "{{- '<|im_start|>system\\nYou are a helpful assistant.<|im_end|>\\n' -}}"
-    "{%- endif -%}"
-    "{%- for message in messages -%}"
-    "{{- '<|im_start|>' + message['role'] + '\\n' -}}"
-    "{%- if message['content'] is string -%}{{- message['content'] -}}"
-    "{%- else -%}{%- for item in message['content'] -%}"
-    "{%- if item['type'] == 'audio' -%}{{- '<|im_audio_start|><|im_audio|><|im_audio_end|>' -}}"
-    "{%- elif item['type'] == 'text' -%}{{- item['text'] -}}{%- endif -%}"
-    "{%- endfor -%}{%- endif -%}"
-    "{{- '<|im_end|>\\n' -}}"
-    "{%- endfor -%}"
-    "{%- if add_generation_prompt -%}"
-    "{{- '<|im_start|>assistant\\n<think>\\n\\n</think>\\n\\n' -}}"
-    "{%- if speech_output is not defined or speech_output -%}{{- '<|im_tts_start|>' -}}{%- endif -%}"
-    "{%- endif -%}"
-)
+__all__ = ["OpenS2SProcessor", "find_unit_tokens"]
 
 _UNIT_TOKEN = re.compile(r"^<\|audio_(\d+)\|>$")
 
@@ -58,8 +38,14 @@ class OpenS2SProcessor(ProcessorMixin):
         feature_extractor ([`OpenS2SFeatureExtractor`]): log-mel features in whole 30 s windows.
         tokenizer ([`PreTrainedTokenizerBase`]): the LLM tokenizer (Qwen3 + OpenS2S markers + `<|im_audio|>`).
         unit_tokenizer ([`PreTrainedTokenizerBase`]): the speech decoder tokenizer holding `<|audio_k|>` tokens.
-        chat_template (`str`, *optional*): defaults to the original worker's prompt format.
+        chat_template (`str`, *optional*): defaults to [`~prompt_format_opens2s.CHAT_TEMPLATE`], the format training
+            uses too.
         audio_token (`str`, *optional*, defaults to `"<|im_audio|>"`): the audio placeholder.
+
+    Audio in chat content (`{"type": "audio", "audio" | "path" | "url": ...}`) and in `audio=` is read by
+    [`~audio_opens2s.load_audio`] (paths, bytes, arrays, `datasets.Audio` values): checked, downmixed and resampled
+    to 16 kHz. An array in chat content is at the rate of its item's `"sampling_rate"` key, else of the
+    `sampling_rate` given to `apply_chat_template`, else 16 kHz (transformers' convention for chat content).
         num_adapter_convs (`int`, *optional*, defaults to 2): stride-2 convolutions of the model's adapter.
     """
 
@@ -69,15 +55,13 @@ class OpenS2SProcessor(ProcessorMixin):
         tokenizer=None,
         unit_tokenizer=None,
         chat_template: str | None = None,
-        audio_token: str = "<|im_audio|>",
+        audio_token: str = AUDIO_TOKEN,
         num_adapter_convs: int = 2,
     ):
         self.audio_token = audio_token
         self.audio_token_id = tokenizer.convert_tokens_to_ids(audio_token)
         self.num_adapter_convs = num_adapter_convs
-        super().__init__(
-            feature_extractor, tokenizer, unit_tokenizer, chat_template=chat_template or DEFAULT_CHAT_TEMPLATE
-        )
+        super().__init__(feature_extractor, tokenizer, unit_tokenizer, chat_template=chat_template or CHAT_TEMPLATE)
         self._unit_offset, self._num_units = find_unit_tokens(unit_tokenizer)
 
     @property
@@ -102,6 +86,45 @@ class OpenS2SProcessor(ProcessorMixin):
         if isinstance(token_ids, torch.Tensor):
             token_ids = token_ids.tolist()
         return [t - self._unit_offset for t in token_ids if 0 <= t - self._unit_offset < self._num_units]
+
+    def apply_chat_template(self, conversation, *args, **kwargs):
+        """[`ProcessorMixin.apply_chat_template`], with every audio item of the conversation(s) read by
+        [`~audio_opens2s.load_audio`] first (transformers' own loader is never used)."""
+        if not kwargs.get("tokenize", False):
+            return super().apply_chat_template(conversation, *args, **kwargs)
+        processor_kwargs = dict(kwargs.pop("processor_kwargs", None) or {})
+        rate = kwargs.pop("sampling_rate", None) or processor_kwargs.pop("sampling_rate", None)
+        target = self.feature_extractor.sampling_rate
+        batched = bool(conversation) and isinstance(conversation[0], (list, tuple))
+        conversations = conversation if batched else [conversation]
+        conversations = [self._load_audio_items(messages, rate or target) for messages in conversations]
+        processor_kwargs["sampling_rate"] = target
+        return super().apply_chat_template(
+            conversations if batched else conversations[0], *args, processor_kwargs=processor_kwargs, **kwargs
+        )
+
+    def _load_audio_items(self, messages: list[dict], sampling_rate: int) -> list[dict]:
+        """A copy of `messages` whose audio items hold checked 16 kHz waveforms."""
+        extractor, loaded = self.feature_extractor, []
+        for message in messages:
+            content = message.get("content")
+            if isinstance(content, (list, tuple)):
+                items = []
+                for item in content:
+                    source = next((item[key] for key in ("audio", "path", "url") if key in item), None)
+                    if item.get("type") == "audio" and source is not None:
+                        waveform = load_audio(
+                            source,
+                            item.get("sampling_rate", sampling_rate),
+                            target_sampling_rate=extractor.sampling_rate,
+                            max_seconds=extractor.max_audio_seconds,
+                            min_samples=extractor.hop_length,
+                        )
+                        item = {"type": "audio", "audio": waveform}
+                    items.append(item)
+                message = {**message, "content": items}
+            loaded.append(message)
+        return loaded
 
     def _process_audio(self, audio, **kwargs):
         kwargs.pop("return_tensors", None)

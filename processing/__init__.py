@@ -11,7 +11,15 @@ from transformers.utils import _LazyModule
 
 
 _import_structure = {
-    "audio_io": ["TARGET_SAMPLING_RATE", "load_audio"],
+    "audio_io": [
+        "AudioError",
+        "MAX_AUDIO_SECONDS",
+        "MIN_SAMPLING_RATE",
+        "TARGET_SAMPLING_RATE",
+        "check_audio",
+        "load_audio",
+        "resample",
+    ],
     "chat": [
         "DTYPES",
         "EXAMPLE_WAV",
@@ -23,12 +31,30 @@ _import_structure = {
         "stream_reply",
     ],
     "chat_completions": ["ChatCompletionsClient", "ChatCompletionsError"],
+    "prompt_format": [
+        "CHAT_TEMPLATE",
+        "DEFAULT_SYSTEM_PROMPT",
+        "IGNORE_INDEX",
+        "PROMPT_LAYOUTS",
+        "PromptPiece",
+        "parse_unit_string",
+        "training_pieces",
+        "unit_string",
+    ],
     "speech_units": ["add_speech_units", "encode_files"],
     "voices": ["SPEAKERS_SUBFOLDER", "find_speakers", "load_voice"],
 }
 
 if TYPE_CHECKING:
-    from opens2s.processing.audio_io import TARGET_SAMPLING_RATE, load_audio
+    from opens2s.processing.audio_io import (
+        MAX_AUDIO_SECONDS,
+        MIN_SAMPLING_RATE,
+        TARGET_SAMPLING_RATE,
+        AudioError,
+        check_audio,
+        load_audio,
+        resample,
+    )
     from opens2s.processing.chat import (
         DTYPES,
         EXAMPLE_WAV,
@@ -40,6 +66,16 @@ if TYPE_CHECKING:
         stream_reply,
     )
     from opens2s.processing.chat_completions import ChatCompletionsClient, ChatCompletionsError
+    from opens2s.processing.prompt_format import (
+        CHAT_TEMPLATE,
+        DEFAULT_SYSTEM_PROMPT,
+        IGNORE_INDEX,
+        PROMPT_LAYOUTS,
+        PromptPiece,
+        parse_unit_string,
+        training_pieces,
+        unit_string,
+    )
     from opens2s.processing.speech_units import add_speech_units, encode_files
     from opens2s.processing.voices import SPEAKERS_SUBFOLDER, find_speakers, load_voice
 else:

@@ -3,14 +3,13 @@ the benchmarks."""
 
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
-import numpy as np
 import torch
 from transformers import AutoModel, AutoProcessor
 from transformers.utils import logging
 
 from opens2s.modeling_opens2s.modeling_opens2s import TOKEN2WAV_SUBFOLDER
-from opens2s.processing.audio_io import load_audio
 
 
 __all__ = [
@@ -21,7 +20,6 @@ __all__ = [
     "conversation_inputs",
     "load_speech_model",
     "seeded_stream_kwargs",
-    "spoken_turn_inputs",
     "stream_reply",
 ]
 
@@ -89,58 +87,67 @@ def _has_token2wav(name_or_path: str | Path) -> bool:
     return file_exists(str(name_or_path), f"{TOKEN2WAV_SUBFOLDER}/config.json")
 
 
-def spoken_turn_inputs(processor, audio: str | Path, system_prompt: str | None = None) -> dict:
-    """Processor inputs for one user turn made of one audio file (read with soundfile, downmixed to mono and
-    resampled to the feature extractor's rate)."""
-    waveform = load_audio(audio, sampling_rate=processor.feature_extractor.sampling_rate)
-    messages = [{"role": "user", "content": [{"type": "audio", "audio": waveform}]}]
-    if system_prompt is not None:
-        messages.insert(0, {"role": "system", "content": [{"type": "text", "text": system_prompt}]})
-    return processor.apply_chat_template(
-        messages, add_generation_prompt=True, tokenize=True, return_dict=True, return_tensors="pt"
-    )
-
-
 def conversation_inputs(
     processor,
-    history: Sequence[tuple[str | Path | np.ndarray, str]],
-    audio: str | Path | np.ndarray,
+    audio: Any,
+    history: Sequence[tuple[Any, str]] = (),
     system_prompt: str | None = None,
+    speech_output: bool = True,
+    sampling_rate: int | None = None,
 ) -> dict:
-    """Processor inputs for a spoken conversation: the earlier turns, then the new spoken question.
+    """Processor inputs (`input_ids`, `attention_mask`, `input_features`, `feature_attention_mask`, torch tensors)
+    for a spoken question: the conversation of the CLI chat, the Space and evaluation, through [`chat_inputs`].
 
     Args:
-        processor ([`OpenS2SProcessor`]): gives the chat template and the feature extractor's rate.
-        history (`Sequence[tuple]`): earlier turns, oldest first, as `(question, reply_text)`; the question is an
-            audio file or a mono float32 waveform of shape `(num_samples,)` at the feature extractor's rate (16 kHz),
-            the reply is the assistant's text (earlier spoken replies are fed back as their text, as in training).
-        audio (`str`, `Path` or `np.ndarray`): the new question, same forms as a history question.
+        processor ([`OpenS2SProcessor`]): gives the chat template and reads the audio.
+        audio: the question: anything [`load_audio`] reads (a path, bytes, an array at `sampling_rate`, a
+            `datasets.Audio` value). A `list` of questions gives a batch of one-turn conversations, left-padded.
+        history (`Sequence[tuple]`): earlier turns of the conversation, oldest first, as `(question, reply_text)`;
+            the question in the same forms as `audio`, the reply the assistant's text (earlier spoken replies are
+            fed back as their text). Only with a single question.
         system_prompt (`str`, *optional*): replaces the template's default system turn.
-
-    With an empty history this is [`spoken_turn_inputs`].
+        speech_output (`bool`, *optional*, defaults to `True`): end the prompt with `<|im_tts_start|>`, so the
+            model also speaks (and writes the text it writes when it speaks).
+        sampling_rate (`int`, *optional*): rate of questions given as arrays; default 16 kHz, the processor's.
     """
-    sampling_rate = processor.feature_extractor.sampling_rate
+    batch = isinstance(audio, list)
+    if batch and history:
+        raise ValueError("a batch of questions takes no history: pass one question with its history")
 
     def audio_item(question) -> dict:
-        waveform = question if isinstance(question, np.ndarray) else load_audio(question, sampling_rate=sampling_rate)
-        return {"type": "audio", "audio": waveform}
+        item = {"type": "audio", "audio": question}
+        return item if sampling_rate is None else item | {"sampling_rate": sampling_rate}
 
-    messages = []
-    if system_prompt is not None:
-        messages.append({"role": "system", "content": [{"type": "text", "text": system_prompt}]})
-    for question, reply in history:
-        messages.append({"role": "user", "content": [audio_item(question)]})
-        messages.append({"role": "assistant", "content": [{"type": "text", "text": reply}]})
-    messages.append({"role": "user", "content": [audio_item(audio)]})
-    return chat_inputs(processor, messages)
+    def conversation(question) -> list[dict]:
+        messages = []
+        if system_prompt is not None:
+            messages.append({"role": "system", "content": [{"type": "text", "text": system_prompt}]})
+        for earlier, reply in history:
+            messages.append({"role": "user", "content": [audio_item(earlier)]})
+            messages.append({"role": "assistant", "content": [{"type": "text", "text": reply}]})
+        return messages + [{"role": "user", "content": [audio_item(question)]}]
+
+    if batch:
+        return chat_inputs(processor, [conversation(question) for question in audio], speech_output)
+    return chat_inputs(processor, conversation(audio), speech_output)
 
 
-def chat_inputs(processor, messages: list[dict]) -> dict:
+def chat_inputs(processor, messages: list, speech_output: bool = True) -> dict:
     """Processor inputs (`input_ids`, `input_features`, ...) for chat `messages` ending with the user's turn, with the
-    generation prompt. Message contents are lists of `{"type": "text", "text": ...}` and `{"type": "audio", "audio":
-    waveform}` items (mono float32 at the feature extractor's rate), or plain strings."""
+    generation prompt (ending in `<|im_tts_start|>` with `speech_output`). Message contents are lists of
+    `{"type": "text", "text": ...}` and `{"type": "audio", "audio": ...}` items (anything [`load_audio`] reads; an
+    array is at the item's `"sampling_rate"`, default 16 kHz), or plain strings. A list of such conversations gives
+    a batch, left-padded."""
+    batch = bool(messages) and isinstance(messages[0], (list, tuple))
+    options = {"processor_kwargs": {"padding": True, "padding_side": "left"}} if batch else {}
     return processor.apply_chat_template(
-        messages, add_generation_prompt=True, tokenize=True, return_dict=True, return_tensors="pt"
+        messages,
+        add_generation_prompt=True,
+        tokenize=True,
+        return_dict=True,
+        return_tensors="pt",
+        speech_output=speech_output,
+        **options,
     )
 
 
@@ -158,14 +165,15 @@ def seeded_stream_kwargs(model, seed: int | None, stream_kwargs: dict) -> dict:
 
 def stream_reply(
     speech_model: SpeechModel,
-    audio: str | Path | np.ndarray,
+    audio: Any,
     seed: int | None = None,
     system_prompt: str | None = None,
-    history: Sequence[tuple[str | Path | np.ndarray, str]] = (),
+    history: Sequence[tuple[Any, str]] = (),
     **stream_kwargs,
 ) -> Iterator:
     """The events of `model.stream` for one spoken question (`seed` makes sampling and the voice reproducible);
-    `history` holds the earlier `(question, reply_text)` turns of a conversation (see [`conversation_inputs`])."""
+    `history` holds the earlier `(question, reply_text)` turns of a conversation (see [`conversation_inputs`]);
+    `stream_kwargs` go to `model.stream` (e.g. `max_new_tokens`, `speech_max_new_tokens`)."""
     model, processor = speech_model.model, speech_model.processor
-    inputs = conversation_inputs(processor, history, audio, system_prompt)
+    inputs = conversation_inputs(processor, audio, history, system_prompt)
     return model.stream(**inputs, processor=processor, **seeded_stream_kwargs(model, seed, stream_kwargs))

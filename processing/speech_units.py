@@ -1,6 +1,7 @@
 """Speech units for data pipelines: audio files -> units with a progress bar, and a `datasets.map` function.
 
-Both call [`OpenS2SSpeechTokenizer.encode`]; files are read with [`load_audio`] (soundfile + soxr, mono, 16 kHz).
+Both call [`OpenS2SSpeechTokenizer.encode`], which reads every audio with [`load_audio`] (paths, bytes, arrays,
+`datasets.Audio` values and torchcodec decoders; soundfile + soxr, mono, 16 kHz).
 
     from opens2s.modeling_opens2s import OpenS2SSpeechTokenizer
     from opens2s.processing.speech_units import add_speech_units
@@ -9,15 +10,8 @@ Both call [`OpenS2SSpeechTokenizer.encode`]; files are read with [`load_audio`] 
     dataset = dataset.map(add_speech_units, batched=True, batch_size=16, fn_kwargs={"tokenizer": tokenizer})
 """
 
-import io
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
-
-import numpy as np
-
-from opens2s.modeling_opens2s.feature_extraction_speech_tokenizer import load_waveform
-from opens2s.processing.audio_io import TARGET_SAMPLING_RATE, load_audio
 
 
 __all__ = ["add_speech_units", "encode_files"]
@@ -35,45 +29,16 @@ def encode_files(
         show_progress (`bool`, *optional*, defaults to `True`): a tqdm bar over files.
 
     Raises:
-        `FileNotFoundError` / `ValueError` naming a missing, unreadable, empty or too short file.
+        `FileNotFoundError` / `ValueError` naming a missing, unreadable, empty or too short file (by its path).
     """
     from tqdm.auto import tqdm
 
     with tqdm(total=len(paths), desc="speech units", unit="file", disable=not show_progress) as progress:
         for start in range(0, len(paths), batch_size):
             chunk = paths[start : start + batch_size]
-            audios = [_checked(path, tokenizer) for path in chunk]
-            units = tokenizer.encode(audios, sampling_rate=TARGET_SAMPLING_RATE, batch_size=batch_size)
+            units = tokenizer.encode([str(path) for path in chunk], batch_size=batch_size)
             yield from zip(chunk, units, strict=True)
             progress.update(len(chunk))
-
-
-def _checked(path: str | Path, tokenizer) -> np.ndarray:
-    """Read one file and apply the tokenizer's input checks, so that an error names the file."""
-    waveform = load_audio(path)
-    try:
-        return load_waveform(waveform, TARGET_SAMPLING_RATE, tokenizer.feature_extractor)
-    except ValueError as error:
-        raise ValueError(f"{path}: {error}") from error
-
-
-def _as_audio(value: Any) -> Any:
-    """One value of a dataset's audio column -> what `tokenizer.encode` takes (array, `(array, rate)` or dict)."""
-    if isinstance(value, (str, Path)):
-        return load_audio(value)
-    if isinstance(value, dict) and value.get("array") is not None:
-        return {"array": np.asarray(value["array"], dtype=np.float32), "sampling_rate": value.get("sampling_rate")}
-    if isinstance(value, dict) and value.get("bytes") is not None:  # `datasets.Audio(decode=False)`
-        import soundfile
-
-        array, rate = soundfile.read(io.BytesIO(value["bytes"]), dtype="float32", always_2d=True)
-        return array.T, rate
-    if isinstance(value, dict) and value.get("path") is not None:
-        return load_audio(value["path"])
-    if hasattr(value, "get_all_samples"):  # a torchcodec `AudioDecoder`, as `datasets.Audio` decodes since 4.0
-        samples = value.get_all_samples()
-        return samples.data.numpy(), samples.sample_rate
-    return value
 
 
 def add_speech_units(
@@ -90,12 +55,11 @@ def add_speech_units(
         tokenizer ([`OpenS2SSpeechTokenizer`]): pass it through `fn_kwargs={"tokenizer": tokenizer}`.
         audio_column (`str`, *optional*, defaults to `"audio"`): holds paths, 16 kHz float arrays, decoded
             `datasets.Audio` values (`{"array", "sampling_rate"}` dicts or torchcodec decoders) or undecoded ones
-            (`{"bytes", "path"}`).
+            (`{"bytes", "path"}`): anything [`load_audio`] reads.
         units_column (`str`, *optional*, defaults to `"units"`): the new column, a list of unit ids per row.
         batch_size (`int`, *optional*, defaults to 16): 30 s segments per forward pass.
 
     Returns:
         `dict[str, list[list[int]]]`: `{units_column: units of every row}`.
     """
-    audios = [_as_audio(value) for value in batch[audio_column]]
-    return {units_column: tokenizer.encode(audios, sampling_rate=TARGET_SAMPLING_RATE, batch_size=batch_size)}
+    return {units_column: tokenizer.encode(list(batch[audio_column]), batch_size=batch_size)}

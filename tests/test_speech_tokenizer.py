@@ -34,10 +34,9 @@ from opens2s.modeling_opens2s.configuration_speech_tokenizer import (
     OpenS2SSpeechTokenizerConfig,
     convert_whisper_vq_config,
 )
-from opens2s.modeling_opens2s.feature_extraction_opens2s import resample
 from opens2s.modeling_opens2s.feature_extraction_speech_tokenizer import split_segments
 from opens2s.modeling_opens2s.modeling_speech_tokenizer import OpenS2SSpeechTokenizer, block_causal_attention_bias
-from opens2s.processing.audio_io import load_audio
+from opens2s.processing.audio_io import load_audio, resample
 from opens2s.processing.chat import EXAMPLE_WAV
 from opens2s.processing.speech_units import add_speech_units
 

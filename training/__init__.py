@@ -10,7 +10,6 @@ from transformers.utils import _LazyModule
 
 _import_structure = {
     "collator": [
-        "DEFAULT_SYSTEM_PROMPT",
         "OpenS2SDataCollator",
         "OpenS2STextToUnitsCollator",
         "build_collator",
@@ -19,10 +18,8 @@ _import_structure = {
     "data": [
         "alignment_prompt",
         "build_alignment_rows",
-        "decode_audio",
         "load_original_jsonl",
         "load_training_dataset",
-        "parse_speech_units",
         "row_messages",
     ],
     "stages": ["STAGE_PRESETS", "StagePreset", "apply_stage", "build_lora_config", "get_stage", "trainable_parts"],
@@ -31,7 +28,6 @@ _import_structure = {
 
 if TYPE_CHECKING:
     from opens2s.training.collator import (
-        DEFAULT_SYSTEM_PROMPT,
         OpenS2SDataCollator,
         OpenS2STextToUnitsCollator,
         build_collator,
@@ -40,10 +36,8 @@ if TYPE_CHECKING:
     from opens2s.training.data import (
         alignment_prompt,
         build_alignment_rows,
-        decode_audio,
         load_original_jsonl,
         load_training_dataset,
-        parse_speech_units,
         row_messages,
     )
     from opens2s.training.stages import (

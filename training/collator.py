@@ -1,4 +1,5 @@
-"""Batches for OpenS2S training: conversations in the original OpenS2S layout, and text-to-units rows (stage 2a)."""
+"""Batches for OpenS2S training: conversations in the prompt format of `opens2s.processing.prompt_format` (the
+processor's, or the original training layout), and text-to-units rows (stage 2a)."""
 
 from dataclasses import dataclass
 
@@ -6,18 +7,16 @@ import numpy as np
 import torch
 
 from opens2s.modeling_opens2s.audio_lengths_opens2s import audio_embedding_lengths
-from opens2s.training.data import decode_audio, row_messages
+from opens2s.processing.prompt_format import DEFAULT_SYSTEM_PROMPT, IGNORE_INDEX, PROMPT_LAYOUTS, training_pieces
+from opens2s.training.data import row_messages
 
 
-__all__ = ["DEFAULT_SYSTEM_PROMPT", "OpenS2SDataCollator", "OpenS2STextToUnitsCollator", "build_collator"]
-
-IGNORE_INDEX = -100
-DEFAULT_SYSTEM_PROMPT = "You are a helpful assistant."
+__all__ = ["OpenS2SDataCollator", "OpenS2STextToUnitsCollator", "build_collator", "unit_ids_with_eos"]
 
 
 @dataclass
 class _Encoded:
-    """One conversation as the original tokenises it for training; audios are single placeholders (`None`)."""
+    """One tokenised conversation; every audio is one `audio_token_id` until the batch is built."""
 
     ids: list
     labels: list
@@ -31,32 +30,42 @@ class OpenS2SDataCollator:
     r"""
     Turns conversations (`{"messages": [...]}` rows, e.g. from [`load_original_jsonl`]) into a batch for the model.
 
-    Tokenisation follows the original `process_dataset` piece by piece (which a fine-tuned model expects): the
-    system turn, `<|im_start|>role\n`, `<think></think>` after the assistant header, audio as
-    `<|im_audio_start|>` + placeholder + `<|im_audio_end|>`, spoken answers as
-    `<|im_tts_start|>text<|im_tts_end|>` (labelled, marked in `speech_span_mask`), and `<|im_end|>\n`.
-    Each audio placeholder is then repeated once per adapter frame of that audio.
+    Rows are laid out by [`~opens2s.processing.training_pieces`] (the prompt-format module the processor's chat
+    template is built from): the system turn, `<|im_start|>role\n`, an empty think block after the assistant header,
+    audio as `<|im_audio_start|>` + placeholder + `<|im_audio_end|>`, spoken answers as
+    `<|im_tts_start|>text<|im_tts_end|>` (labelled, marked in `speech_span_mask`), and `<|im_end|>\n` (labelled after
+    an answer). Each audio placeholder is then repeated once per adapter frame of that audio.
 
     Args:
         processor ([`OpenS2SProcessor`]): gives the tokenizers, the feature extractor and the audio token.
-        system_prompt (`str`, *optional*, defaults to `"You are a helpful assistant."`): system turn of every row.
+        system_prompt (`str`, *optional*, defaults to `"You are a helpful assistant."`): system turn of every row;
+            `None` leaves it out.
         speaker_embedding_dim (`int`, *optional*, defaults to 512): size of the zero vector used without `spk_emb`.
         use_speech_units (`bool`, *optional*, defaults to `True`): `False` turns spoken answers into plain assistant
             text (no `<|im_tts_*|>` markers, no units): the text-only rows of stage 1.
+        prompt_layout (`str`, *optional*, defaults to `"inference"`): `"inference"` tokenises a row exactly as
+            `processor.apply_chat_template` tokenises the same conversation (`<think>\n\n</think>\n\n`), so the
+            model is trained on the prompts it is asked with; `"original"` is the original OpenS2S training layout
+            (`<think></think>`, every piece tokenised on its own), to reproduce the original's training.
 
     Rows may also be flat `datasets` rows (`audio`, `instruction`, `response`, `speech_units`, ...; see
-    [`row_messages`]); audios may be paths, `datasets.Audio` values or 16 kHz arrays (see [`decode_audio`]).
+    [`row_messages`]); audios are anything [`~opens2s.processing.load_audio`] reads (paths, `datasets.Audio` values,
+    `{"array", "sampling_rate"}` dicts; bare arrays are taken to be at 16 kHz).
     """
 
     def __init__(
         self,
         processor,
-        system_prompt: str = DEFAULT_SYSTEM_PROMPT,
+        system_prompt: str | None = DEFAULT_SYSTEM_PROMPT,
         speaker_embedding_dim: int = 512,
         use_speech_units: bool = True,
+        prompt_layout: str = "inference",
     ):
+        if prompt_layout not in PROMPT_LAYOUTS:
+            raise ValueError(f"unknown prompt_layout {prompt_layout!r}: expected one of {PROMPT_LAYOUTS}")
         self.processor = processor
         self.use_speech_units = use_speech_units
+        self.prompt_layout = prompt_layout
         self.tokenizer = processor.tokenizer
         self.unit_tokenizer = processor.unit_tokenizer
         self.system_prompt = system_prompt
@@ -66,44 +75,28 @@ class OpenS2SDataCollator:
         if self.unit_tokenizer.eos_token_id is None:
             raise ValueError("the unit tokenizer needs an eos token (appended to every unit sequence)")
 
-    def _encode(self, text: str) -> list:
-        return self.tokenizer.encode(text, add_special_tokens=False)
-
-    def _append(self, encoded: _Encoded, ids: list, labelled: bool, speech_span: bool = False):
-        encoded.ids += ids
-        encoded.labels += ids if labelled else [IGNORE_INDEX] * len(ids)
-        encoded.speech_span += [int(speech_span)] * len(ids)
-
-    def _unit_ids(self, speech_units) -> list:
-        return unit_ids_with_eos(self.processor, speech_units)
-
     def encode_conversation(self, messages: list) -> _Encoded:
-        """Tokenise one conversation; audio placeholders stay single `None` entries until the batch is built."""
+        """Tokenise one conversation; each audio stays one `audio_token_id` until the batch is built."""
         encoded = _Encoded([], [], [], [], [], [])
-        header = self._encode("<|im_start|>")
-        if self.system_prompt is not None:
-            ids = header + self._encode("system") + self._encode("\n") + self._encode(self.system_prompt)
-            self._append(encoded, ids + self._encode("<|im_end|>\n"), labelled=False)
+        pieces = training_pieces(messages, self.system_prompt, self.prompt_layout, self.use_speech_units)
+        for piece in pieces:
+            ids = self.tokenizer.encode(piece.text, add_special_tokens=False)
+            encoded.ids += ids
+            encoded.labels += ids if piece.labelled else [IGNORE_INDEX] * len(ids)
+            encoded.speech_span += [int(piece.speech)] * len(ids)
         for message in messages:
-            role, assistant = message["role"], message["role"] == "assistant"
-            ids = header + self._encode(role) + self._encode("\n")
-            if assistant:
-                ids += self._encode("<think></think>")
-            self._append(encoded, ids, labelled=False)
             for item in message["content"]:
                 if item.get("audio") is not None and len(item["audio"]) > 0:
-                    self._append(encoded, self._encode("<|im_audio_start|>"), labelled=False)
-                    self._append(encoded, [None], labelled=False)
                     encoded.audios.append(item["audio"])
-                    self._append(encoded, self._encode("<|im_audio_end|>"), labelled=False)
                 elif self.use_speech_units and item.get("speech_units") is not None and len(item["speech_units"]) > 0:
-                    ids = self._encode(f"<|im_tts_start|>{item['text']}<|im_tts_end|>")
-                    self._append(encoded, ids, labelled=True, speech_span=True)
-                    encoded.unit_rows.append(self._unit_ids(item["speech_units"]))
+                    encoded.unit_rows.append(unit_ids_with_eos(self.processor, item["speech_units"]))
                     encoded.speaker_paths.append(item.get("spk_emb") or "")
-                elif item.get("text"):
-                    self._append(encoded, self._encode(item["text"]), labelled=assistant)
-            self._append(encoded, self._encode("<|im_end|>\n"), labelled=assistant)
+        audio_id = self.processor.audio_token_id
+        if encoded.ids.count(audio_id) != len(encoded.audios):
+            raise ValueError(
+                f"a row holds {encoded.ids.count(audio_id)} audio placeholders for {len(encoded.audios)} audios "
+                f"(does a text contain {self.processor.audio_token}?)"
+            )
         return encoded
 
     def _speaker_embedding(self, path: str) -> torch.Tensor:
@@ -122,8 +115,8 @@ class OpenS2SDataCollator:
         audio_frames: list[int] = []
         all_audios = [audio for item in encoded for audio in item.audios]
         if all_audios:
-            waveforms = [decode_audio(audio) for audio in all_audios]
-            features = self.processor.feature_extractor(waveforms, sampling_rate=16000, return_tensors="pt")
+            extractor = self.processor.feature_extractor  # reads every audio with `load_audio`
+            features = extractor(all_audios, sampling_rate=extractor.sampling_rate, return_tensors="pt")
             batch["input_features"] = features["input_features"]
             batch["feature_attention_mask"] = features["attention_mask"]
             num_convs = self.processor.num_adapter_convs
@@ -149,13 +142,13 @@ class OpenS2SDataCollator:
         return batch
 
     def _expand_audio(self, encoded: _Encoded, frames) -> tuple[list, list, list]:
-        """Replace every audio placeholder by `audio_token_id` repeated once per adapter frame."""
+        """Repeat every `audio_token_id` once per adapter frame of its audio (labels -100)."""
         ids, labels, span = [], [], []
         audio_id = self.processor.audio_token_id
         for token, label, in_span in zip(encoded.ids, encoded.labels, encoded.speech_span, strict=True):
-            count = next(frames) if token is None else 1
-            ids += [audio_id if token is None else token] * count
-            labels += [IGNORE_INDEX if token is None else label] * count
+            count = next(frames) if token == audio_id else 1
+            ids += [token] * count
+            labels += [IGNORE_INDEX if token == audio_id else label] * count
             span += [in_span] * count
         return ids, labels, span
 
@@ -213,8 +206,8 @@ class OpenS2STextToUnitsCollator:
 
 def build_collator(processor, row_format: str = "conversation", **options):
     """The collator of a stage's `row_format`: [`OpenS2SDataCollator`] for `"conversation"` (with `options`:
-    `system_prompt`, `speaker_embedding_dim`, `use_speech_units`), [`OpenS2STextToUnitsCollator`] for
-    `"text_to_units"` (no options)."""
+    `system_prompt`, `speaker_embedding_dim`, `use_speech_units`, `prompt_layout`), [`OpenS2STextToUnitsCollator`]
+    for `"text_to_units"` (no options)."""
     if row_format == "conversation":
         return OpenS2SDataCollator(processor, **options)
     if row_format == "text_to_units":

@@ -6,6 +6,7 @@ from typing import Any
 from transformers.utils import is_torch_bf16_gpu_available
 from trl import SFTConfig
 
+from opens2s.processing.prompt_format import DEFAULT_SYSTEM_PROMPT, PROMPT_LAYOUTS
 from opens2s.training.stages import STAGE_PRESETS
 
 
@@ -42,6 +43,11 @@ class OpenS2SSFTConfig(SFTConfig):
 
         system_prompt (`str`, *optional*, defaults to `"You are a helpful assistant."`):
             System turn put before every conversation by the collator (the original training prompt).
+        prompt_layout (`str`, *optional*, defaults to `"inference"`):
+            How the collator lays out and tokenises a conversation: `"inference"` exactly as the processor's chat
+            template does at inference (`<think>\n\n</think>\n\n` after every assistant header), `"original"` as
+            the original OpenS2S training did (`<think></think>`, each piece tokenised on its own; reproduces the
+            original's losses, but trains on other ids than the model is prompted with).
 
         > Parameters that control LoRA
 
@@ -75,8 +81,16 @@ class OpenS2SSFTConfig(SFTConfig):
         metadata={"help": "Weight of the speech-unit loss (written into model.config); None keeps the model's value."},
     )
     system_prompt: str = field(
-        default="You are a helpful assistant.",
+        default=DEFAULT_SYSTEM_PROMPT,
         metadata={"help": "System turn of every training conversation."},
+    )
+    prompt_layout: str = field(
+        default="inference",
+        metadata={
+            "help": "Training prompt layout: 'inference' (the chat template's) or 'original' (the original OpenS2S "
+            "training layout).",
+            "choices": list(PROMPT_LAYOUTS),
+        },
     )
     lora: bool = field(default=False, metadata={"help": "Train LoRA adapters on the LLM instead of the LLM itself."})
     merge_lora: bool = field(
@@ -108,6 +122,10 @@ class OpenS2SSFTConfig(SFTConfig):
         super().__post_init__()
         if self.stage not in STAGE_PRESETS:
             raise ValueError(f"unknown stage {self.stage!r}; choose one of {', '.join(STAGE_PRESETS)}")
+        if self.prompt_layout not in PROMPT_LAYOUTS:
+            raise ValueError(
+                f"unknown prompt_layout {self.prompt_layout!r}; choose one of {', '.join(PROMPT_LAYOUTS)}"
+            )
         for name in ("text_loss_weight", "speech_loss_weight"):
             value = getattr(self, name)
             if value is not None and value < 0:

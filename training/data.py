@@ -4,7 +4,8 @@ Rows come in three shapes, all turned into what the collators read:
 
 - conversations, `{"messages": [{"role": ..., "content": [{"text", "audio", "speech_units", "spk_emb"}, ...]}]}`
   (the original OpenS2S jsonl format);
-- flat rows of a `datasets` table: `audio` (an `Audio` column, a path, or `{"array", "sampling_rate"}`), optional
+- flat rows of a `datasets` table: `audio` (an `Audio` column, a path, or `{"array", "sampling_rate"}`; anything
+  `opens2s.processing.load_audio` reads), optional
   `instruction` (user text before the audio), `response` (the answer), optional `speech_units` and `spk_emb`;
 - text-to-units rows for stage 2a: `text` (or `response`) and `speech_units`.
 
@@ -13,18 +14,16 @@ indices; lists are stored as strings. Rows that cannot be used are skipped and r
 reason (missing or unreadable audio, empty text, units out of range, ...), never dropped silently.
 """
 
-import io
 import json
-import re
 from collections import Counter
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from transformers.utils import logging
 
-from opens2s.processing.audio_io import TARGET_SAMPLING_RATE, load_audio
+from opens2s.processing.audio_io import AudioError, check_audio
+from opens2s.processing.prompt_format import parse_unit_string, unit_string
 
 
 __all__ = [
@@ -33,72 +32,14 @@ __all__ = [
     "ITEM_KEYS",
     "alignment_prompt",
     "build_alignment_rows",
-    "decode_audio",
     "load_original_jsonl",
     "load_training_dataset",
-    "parse_speech_units",
     "row_messages",
 ]
 
 logger = logging.get_logger(__name__)
 
 ITEM_KEYS = ("text", "audio", "speech_units", "spk_emb")
-_UNIT = re.compile(r"\s*<\|audio_(\d+)\|>\s*")
-
-
-# ---------------------------------------------------------------- units and audio values
-def parse_speech_units(units: str | Iterable[int]) -> list[int]:
-    """Unit indices of a unit string (`"<|audio_3|><|audio_7|>"`) or of a list of indices.
-
-    Raises `ValueError` when a string holds anything but unit tokens.
-    """
-    if isinstance(units, str):
-        matches = list(_UNIT.finditer(units))
-        if "".join(match.group(0) for match in matches) != units:
-            raise ValueError("speech units are not a string of <|audio_k|> tokens")
-        return [int(match.group(1)) for match in matches]
-    return [int(unit) for unit in units]
-
-
-def _units_string(units: list[int]) -> str:
-    return "".join(f"<|audio_{unit}|>" for unit in units)
-
-
-def decode_audio(value: Any) -> np.ndarray:
-    """One audio value of a row -> mono float32 waveform at 16 kHz.
-
-    Accepts a file path, an undecoded `datasets.Audio` value (`{"bytes", "path"}`), a decoded one
-    (`{"array", "sampling_rate"}`), a torchcodec decoder, or an array already at 16 kHz.
-    """
-    if isinstance(value, (str, Path)):
-        return load_audio(value)
-    rate = TARGET_SAMPLING_RATE
-    if isinstance(value, dict) and value.get("bytes") is not None:
-        import soundfile
-
-        try:
-            array, rate = soundfile.read(io.BytesIO(value["bytes"]), dtype="float32", always_2d=True)
-        except (RuntimeError, soundfile.LibsndfileError) as error:
-            raise ValueError(f"cannot read audio bytes of {value.get('path') or 'a row'}: {error}") from error
-        array = array.mean(axis=1)
-    elif isinstance(value, dict) and value.get("array") is not None:
-        array, rate = np.asarray(value["array"], dtype=np.float32), value.get("sampling_rate") or rate
-    elif isinstance(value, dict) and value.get("path"):
-        return load_audio(value["path"])
-    elif hasattr(value, "get_all_samples"):  # a torchcodec `AudioDecoder` (decoded `datasets.Audio` since 4.0)
-        samples = value.get_all_samples()
-        array, rate = samples.data.numpy().mean(axis=0), samples.sample_rate
-    else:
-        array = np.asarray(value, dtype=np.float32)
-    if array.ndim == 2:  # (channels, samples) arrays: downmix
-        array = array.mean(axis=0)
-    if array.size == 0:
-        raise ValueError("empty audio")
-    if rate != TARGET_SAMPLING_RATE:
-        import soxr
-
-        array = soxr.resample(array, rate, TARGET_SAMPLING_RATE)
-    return np.ascontiguousarray(array, dtype=np.float32)
 
 
 def _resolve(path_text: str, roots: list[Path]) -> Path | None:
@@ -108,7 +49,8 @@ def _resolve(path_text: str, roots: list[Path]) -> Path | None:
 
 
 def _check_audio(value: Any, roots: list[Path], check_files: bool) -> tuple[Any, str | None]:
-    """The audio value with a resolved absolute path, or the reason it cannot be used."""
+    """The audio value with a resolved absolute path, or the reason it cannot be used (files are checked from their
+    header by [`check_audio`]: readable, not empty, rate and length within the limits)."""
     if isinstance(value, dict) and value.get("bytes") is None and value.get("array") is None and value.get("path"):
         value = value["path"]
     if isinstance(value, (str, Path)):
@@ -120,29 +62,24 @@ def _check_audio(value: Any, roots: list[Path], check_files: bool) -> tuple[Any,
         return value, None
     if isinstance(value, dict) and value.get("array") is not None:
         return (value, None) if len(value["array"]) else (None, "empty audio")
-    import soundfile
-
-    source = value if isinstance(value, str) else io.BytesIO(value["bytes"]) if isinstance(value, dict) else None
-    if source is None:
-        return value, None
     try:
-        frames = soundfile.info(source).frames
-    except (RuntimeError, soundfile.LibsndfileError):
-        return None, "unreadable audio file"
-    return (value, None) if frames > 0 else (None, "empty audio")
+        check_audio(value)
+    except AudioError as error:
+        return None, error.reason
+    return value, None
 
 
 def _check_units(units: Any, num_units: int | None) -> tuple[str | None, str | None]:
     """Units as a string of unit tokens, or the reason they cannot be used."""
     try:
-        indices = parse_speech_units(units)
+        indices = parse_unit_string(units)
     except (TypeError, ValueError):
         return None, "speech units not in <|audio_k|> form"
     if not indices:
         return None, "empty speech units"
     if num_units is not None and any(unit < 0 or unit >= num_units for unit in indices):
         return None, "speech units out of range"
-    return units if isinstance(units, str) else _units_string(indices), None
+    return units if isinstance(units, str) else unit_string(indices), None
 
 
 # ---------------------------------------------------------------- row checks
