@@ -312,6 +312,7 @@ def test_lora_train_save_merge_reload(tester, tmp_path):
 
 
 # ---------------------------------------------------------------- accelerate, two processes
+@pytest.mark.slow
 def test_accelerate_launch_two_cpu_processes(tester, tmp_path):
     """Two gloo processes run `sft` with DDP; one row per process and step, so the row without a spoken answer
     leaves the speech decoder unused on its process (DDP must allow it) and the speech loss absent there."""
