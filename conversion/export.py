@@ -23,6 +23,8 @@ REMOTE_CODE_FILES = [
     "configuration_opens2s.py",
     "modeling_opens2s.py",
     "audio_lengths_opens2s.py",
+    "audio_opens2s.py",
+    "prompt_format_opens2s.py",
     "interleave_opens2s.py",
     "feature_extraction_opens2s.py",
     "processing_opens2s.py",

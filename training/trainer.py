@@ -88,6 +88,7 @@ class OpenS2STrainer(SFTTrainer):
                 processing_class,
                 preset.row_format,
                 system_prompt=args.system_prompt,
+                prompt_layout=args.prompt_layout,
                 speaker_embedding_dim=model.config.speaker_embedding_dim,
                 use_speech_units=preset.use_speech_units,
             )
