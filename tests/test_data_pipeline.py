@@ -1,4 +1,4 @@
-"""The data-construction pipeline (issue 7), end to end on this machine.
+"""The data-construction pipeline (paper section 3.2: instructions, voices, answers, units), end to end on CPU.
 
 Seed clips are spoken by espeak-ng in the tests; the LLM is `StandInLLM`, a deterministic TEST DOUBLE (canned JSON
 derived from a hash of the prompt, not a language model), used in process or behind a real HTTP server on 127.0.0.1
@@ -187,6 +187,7 @@ def reference(clips, tokenizer, tmp_path_factory) -> list[tuple]:
 
 
 # ------------------------------------------------------------------------------------------ end to end
+@pytest.mark.slow  # runs the pipeline on seed clips spoken by espeak-ng
 def test_pipeline_end_to_end_through_a_local_endpoint(
     clips, tokenizer_dir, reference, endpoint, tiny_model_dir, tmp_path, capsys
 ):
@@ -253,6 +254,7 @@ def counting_backends(config: PipelineConfig, tokenizer, llm: StandInLLM) -> tup
     return Backends(config, llm=llm, user_tts=tts, response_tts=tts, speech_tokenizer=tokenizer), calls
 
 
+@pytest.mark.slow  # runs the pipeline on seed clips spoken by espeak-ng
 @pytest.mark.parametrize("stop_after", STAGES[:-1])
 def test_resume_after_a_stage_redoes_nothing_and_loses_nothing(stop_after, clips, tokenizer, reference, tmp_path):
     """A run stopped after stage k, then run again: same rows as one uninterrupted run, no finished call redone."""
@@ -269,6 +271,7 @@ def test_resume_after_a_stage_redoes_nothing_and_loses_nothing(stop_after, clips
     assert len(speech_calls) == expected_speech
 
 
+@pytest.mark.slow  # runs the pipeline on seed clips spoken by espeak-ng
 def test_kill_in_the_middle_of_a_stage_keeps_whole_parts_only(clips, tokenizer, reference, tmp_path):
     """A kill while stage `responses` runs leaves its committed parts and no `responses/` folder; the re-run asks the
     LLM only for the rows of the lost chunk and the ones after it."""
@@ -289,6 +292,7 @@ def test_kill_in_the_middle_of_a_stage_keeps_whole_parts_only(clips, tokenizer, 
     assert key_rows(run_pipeline(config, STAGES[:-1], Backends(config))) == reference
 
 
+@pytest.mark.slow  # runs the pipeline on seed clips spoken by espeak-ng
 def test_sigkill_of_the_cli_then_rerun(clips, tokenizer, tokenizer_dir, reference, endpoint, tmp_path):
     """`python -m opens2s.dataset_scripts all` (settings from `WORKDIR/config.json`) SIGKILLed by the server while it
     waits for an instruction; running again finishes the work with every row exactly once."""
@@ -331,6 +335,7 @@ def write_bad_seeds(clips: Path, folder: Path) -> Path:
     return folder / "seeds.jsonl"
 
 
+@pytest.mark.slow  # runs the pipeline on seed clips spoken by espeak-ng
 def test_bad_inputs_are_counted_logged_and_the_pipeline_continues(clips, tokenizer, tmp_path, caplog):
     seeds = write_bad_seeds(clips, tmp_path)
     config = make_config(tmp_path / "work", seeds)
@@ -364,6 +369,7 @@ def test_bad_inputs_are_counted_logged_and_the_pipeline_continues(clips, tokeniz
     assert all(again[stage]["failure_reasons"] == manifests[stage]["failure_reasons"] for stage in STAGES[:-1])
 
 
+@pytest.mark.slow  # runs the pipeline on seed clips spoken by espeak-ng
 def test_seed_stage_reads_a_datasets_folder_with_an_audio_column(clips, tmp_path):
     """A `save_to_disk` folder (as a Hub dataset loads) with an `Audio` column and other column names."""
     import datasets
@@ -407,6 +413,7 @@ class FlakySpeech:
         return np.full(0 if self.replies <= 2 else 48, 0.1, dtype=np.float32), 16000
 
 
+@pytest.mark.slow  # runs the pipeline on seed clips spoken by espeak-ng
 def test_speech_failures_and_a_dead_llm_are_recorded(clips, tokenizer, tmp_path):
     config = make_config(tmp_path / "work", clips / "seeds.csv", tts_workers=1)
     speech = FlakySpeech()

@@ -61,7 +61,10 @@ def _missing() -> str | None:
 
 
 MISSING = _missing()
-pytestmark = pytest.mark.skipif(MISSING is not None and not REQUIRE_BROWSER, reason=f"browser test: {MISSING}")
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(MISSING is not None and not REQUIRE_BROWSER, reason=f"browser test: {MISSING}"),
+]
 
 
 def _free_port() -> int:
