@@ -17,6 +17,7 @@ _import_structure = {
     "feature_extraction_opens2s": ["OpenS2SFeatureExtractor"],
     "processing_opens2s": ["OpenS2SProcessor"],
     "streaming_opens2s": ["AudioChunk", "Done", "SpeechUnits", "TextDelta", "stream"],
+    "engine_opens2s": ["Conversation", "EngineFull", "OpenS2SEngine"],
     "configuration_speech_tokenizer": ["OpenS2SSpeechTokenizerConfig"],
     "modeling_speech_tokenizer": ["OpenS2SSpeechTokenizer", "OpenS2SSpeechTokenizerOutput"],
     "configuration_token2wav": ["OpenS2SToken2WavConfig"],
@@ -27,6 +28,7 @@ if TYPE_CHECKING:
     from .configuration_opens2s import OpenS2SConfig
     from .configuration_speech_tokenizer import OpenS2SSpeechTokenizerConfig
     from .configuration_token2wav import OpenS2SToken2WavConfig
+    from .engine_opens2s import Conversation, EngineFull, OpenS2SEngine
     from .feature_extraction_opens2s import OpenS2SFeatureExtractor
     from .modeling_opens2s import (
         OpenS2SForConditionalGeneration,

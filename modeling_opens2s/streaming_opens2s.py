@@ -25,6 +25,7 @@ come from the model folder's copy of this module, so `isinstance` against `opens
 `event.kind` instead.
 """
 
+import copy
 import logging
 import time
 from contextlib import contextmanager
@@ -235,6 +236,10 @@ class _StageClock:
         finally:
             self.seconds[stage] = self.seconds.get(stage, 0.0) + time.perf_counter() - begin
 
+    def add(self, stage: str, seconds: float) -> None:
+        """Count `seconds` of work done elsewhere (the engine's batched forwards) in `stage`."""
+        self.seconds[stage] = self.seconds.get(stage, 0.0) + seconds
+
     def elapsed(self) -> float:
         return time.perf_counter() - self.start
 
@@ -326,40 +331,31 @@ def speech_generation_config_of(model) -> GenerationConfig:
     return config
 
 
-class _CachedLM:
-    """A causal LM fed embeddings through its own `DynamicCache`; returns final-norm hidden states and last logits.
-
-    Holds the left-padding mask of the prompt (batch of one) and extends it by one per fed position, with position
-    ids counted over real tokens only, as transformers' `generate` does.
-    """
+class _LMState:
+    """One conversation's place in one causal LM: its own `DynamicCache`, the prompt's left-padding mask (batch of
+    one) extended by one per fed position, and the next position id (counted over real tokens only, as
+    transformers' `generate` does). The engine (`engine_opens2s.py`) runs the forwards; this only keeps the state."""
 
     def __init__(self, causal_lm, attention_mask: torch.Tensor | None = None):
         self.causal_lm = causal_lm
-        self.cache = DynamicCache(config=causal_lm.config)
+        self.cache: DynamicCache | None = DynamicCache(config=causal_lm.config)
         self.attention_mask = attention_mask
         self.next_position = 0
 
-    def feed(self, inputs_embeds: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """`(1, n, hidden)` new positions -> hidden states `(1, n, hidden)` and next-token logits `(1, vocab)`."""
-        length = inputs_embeds.shape[1]
-        position_ids = None
+    def advance(self, length: int) -> tuple[torch.Tensor | None, torch.LongTensor]:
+        """Attention mask `(1, past + length)` (or `None`: no padding) and position ids `(1, length)` of `length`
+        new positions; the state moves past them."""
+        device = self.device
+        if self.attention_mask is not None and self.next_position == 0:
+            position_ids = (self.attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+            self.next_position = int(position_ids[0, -1]) + 1
+            return self.attention_mask, position_ids.to(device)
         if self.attention_mask is not None:
-            if self.next_position == 0:
-                position_ids = (self.attention_mask.long().cumsum(-1) - 1).clamp(min=0)
-                self.next_position = int(position_ids[0, -1]) + 1
-            else:
-                new = torch.ones(1, length, dtype=self.attention_mask.dtype, device=self.attention_mask.device)
-                self.attention_mask = torch.cat([self.attention_mask, new], dim=-1)
-                position_ids = torch.arange(length, device=inputs_embeds.device)[None] + self.next_position
-                self.next_position += length
-        hidden = self.causal_lm.model(
-            inputs_embeds=inputs_embeds,
-            attention_mask=self.attention_mask,
-            position_ids=position_ids,
-            cache=self.cache,
-            use_cache=True,
-        ).last_hidden_state
-        return hidden, self.causal_lm.lm_head(hidden[:, -1])
+            new = torch.ones(1, length, dtype=self.attention_mask.dtype, device=self.attention_mask.device)
+            self.attention_mask = torch.cat([self.attention_mask, new], dim=-1)
+        position_ids = torch.arange(length, device=device)[None] + self.next_position
+        self.next_position += length
+        return self.attention_mask, position_ids
 
     @property
     def device(self) -> torch.device:
@@ -369,10 +365,35 @@ class _CachedLM:
         embeddings = self.causal_lm.get_input_embeddings()
         return embeddings(token_ids.to(embeddings.weight.device))
 
+    def release(self) -> None:
+        """Drop the key/value cache (the conversation is over or cancelled)."""
+        self.cache = None
+        self.attention_mask = None
 
-# ---------------------------------------------------------------------------------------------------------- engine
+
+@dataclass
+class _Feed:
+    """A forward the interleaver asks the engine for: `inputs_embeds` `(1, n, hidden)` new positions of one LM.
+
+    The engine fills `hidden` (final-norm hidden states `(1, n, hidden)`) and `logits` (next-token logits
+    `(1, vocab)`) before resuming the conversation; `stage` names the clock the forward's time is counted in.
+    """
+
+    state: _LMState
+    inputs_embeds: torch.Tensor
+    stage: str
+    hidden: torch.Tensor | None = None
+    logits: torch.Tensor | None = None
+
+
+# ---------------------------------------------------------------------------------------------------------- schedule
 class _Interleaver:
-    """The state of one stream: both LMs with their caches, what each generated, budgets, and the event timings."""
+    """The state of one conversation: both LMs' cache states, what each generated, budgets, and the event timings.
+
+    [`run`] is the conversation's schedule written as a generator: it yields events for the caller and [`_Feed`]
+    requests for the engine, which runs the forwards of every active conversation together and resumes each one
+    with its results. Sampling (`_pick`), detokenizing and token2wav happen here, per conversation.
+    """
 
     def __init__(
         self,
@@ -390,8 +411,8 @@ class _Interleaver:
     ):
         self.model = model
         self.audio_stream, self.sample_rate = audio_stream, sample_rate  # a token2wav session, or None
-        self.text = _CachedLM(model.language_model, prompt_mask)
-        self.speech = _CachedLM(model.speech_decoder)
+        self.text = _LMState(model.language_model, prompt_mask)
+        self.speech = _LMState(model.speech_decoder)
         self.text_settings, self.speech_settings = text_settings, speech_settings
         self.speaker_slot = speaker_slot  # `(1, 1, decoder_hidden)`, the decoder's first position
         self.unit_range, self.detok, self.generator = unit_range, detok, generator
@@ -410,11 +431,16 @@ class _Interleaver:
         self.chunk_rows: torch.Tensor | None = None  # this step's LLM hidden states `(1, n, h)`
 
     # ---- stages
+    def _feed(self, state: _LMState, inputs_embeds: torch.Tensor, stage: str):
+        """Ask the engine for one forward; returns `(hidden, logits)` once it has run."""
+        request = _Feed(state, inputs_embeds, stage)
+        yield request
+        return request.hidden, request.logits
+
     def prefill(self, input_ids, input_features, feature_attention_mask):
         with self.clock("audio_encoder"):
             inputs_embeds = self.model.embed_inputs(input_ids, input_features, feature_attention_mask)
-        with self.clock("text_prefill"):
-            hidden, self.logits = self.text.feed(inputs_embeds)
+        hidden, self.logits = yield from self._feed(self.text, inputs_embeds, "text_prefill")
         self.hidden = hidden[:, -1:]  # at `<|im_tts_start|>`: conditioning row 0
 
     def text_chunk(self):
@@ -422,10 +448,11 @@ class _Interleaver:
         budget = min(self.model.config.text_span, self.text_left)
         rows, finished = [], False
         while len(rows) < budget and not finished:
+            if self.pending_text is not None:
+                self.hidden, self.logits = yield from self._feed(
+                    self.text, self.text.embed(self.pending_text), "text_decode"
+                )
             with self.clock("text_decode"):
-                if self.pending_text is not None:
-                    hidden, self.logits = self.text.feed(self.text.embed(self.pending_text))
-                    self.hidden = hidden
                 token = _pick(self.logits, self.text_history, self.text_settings, self.generator)
                 token_id = int(token)
             rows.append(self.hidden)
@@ -450,12 +477,13 @@ class _Interleaver:
             if self.conditioning is not None:
                 self.conditioning.append(rows[0])
             head = self.speaker_slot if self.pending_unit is None else self.speech.embed(self.pending_unit)
-            _, logits = self.speech.feed(torch.cat([head, rows.to(head.device, head.dtype)], dim=1))
+        inputs_embeds = torch.cat([head, rows.to(head.device, head.dtype)], dim=1)
+        _, logits = yield from self._feed(self.speech, inputs_embeds, "speech_decode")
         written = 0
         while written < budget:
+            if written > 0:
+                _, logits = yield from self._feed(self.speech, self.speech.embed(self.pending_unit), "speech_decode")
             with self.clock("speech_decode"):
-                if written > 0:
-                    _, logits = self.speech.feed(self.speech.embed(self.pending_unit))
                 token = _pick(logits, self.speech_history, self.speech_settings, self.generator)
                 token_id = int(token)
             self.speech_history = torch.cat([self.speech_history, token], dim=-1)
@@ -490,7 +518,8 @@ class _Interleaver:
         units = None
         if self.unit_range is not None:
             offset, count = self.unit_range
-            units = [token_id - offset] if 0 <= token_id - offset < count else []
+            is_unit = 0 <= token_id - offset < count and token_id not in self.speech_settings.eos_ids
+            units = [token_id - offset] if is_unit else []
             self.stats.num_units += len(units)
         if self.stats.time_to_first_units is None and (units is None or units):
             self.stats.time_to_first_units = self.clock.elapsed()
@@ -511,11 +540,12 @@ class _Interleaver:
             return self.audio_stream.push(units)
 
     def run(self, input_ids, input_features, feature_attention_mask):
-        """The whole stream: prefill, interleaved text/speech steps, the flush, then [`Done`]."""
-        self.prefill(input_ids, input_features, feature_attention_mask)
+        """The whole conversation: prefill, interleaved text/speech steps, the flush, then [`Done`]; yields events
+        and [`_Feed`] requests (see the class docstring)."""
+        yield from self.prefill(input_ids, input_features, feature_attention_mask)
         while not self.text_finished:
             yield from self.text_chunk()
-            # Fixed quirk 4: with the speech budget spent the decoder stops but the text goes on.
+            # Fixed OB-LLM-4 (docs/original_behaviour.md): with the speech budget spent only the decoder stops.
             if self.speech_left >= 1:
                 yield from self.speech_chunk(flush=self.text_finished)
         if not self.stats.speech_stop_reason:
@@ -524,11 +554,25 @@ class _Interleaver:
             with self.clock("token2wav"):
                 waveform = self.audio_stream.finish()
             yield from self._audio(waveform)
+        yield self.done()
+
+    def done(self, stop_reason: str | None = None) -> Done:
+        """The [`Done`] event; `stop_reason` (e.g. `"cancelled"`) fills the stop reasons not yet set."""
+        if stop_reason is not None:
+            self.stats.text_stop_reason = self.stats.text_stop_reason or stop_reason
+            self.stats.speech_stop_reason = self.stats.speech_stop_reason or stop_reason
         self.stats.stage_seconds = dict(self.clock.seconds)
         if self.conditioning is not None:
             self.stats.conditioning = torch.cat(self.conditioning, dim=0) if self.conditioning else None
         self.stats.total_seconds = self.clock.elapsed()
-        yield Done(self.stats)
+        return Done(self.stats)
+
+    def release(self) -> None:
+        """Free the conversation's memory at once: both LMs' caches and the token2wav session."""
+        self.text.release()
+        self.speech.release()
+        self.audio_stream = None
+        self.chunk_rows = self.hidden = self.logits = None
 
 
 # ---------------------------------------------------------------------------------------------------------- public
@@ -551,8 +595,45 @@ def _prompt_mask(input_ids: torch.Tensor, attention_mask: torch.Tensor | None) -
     return attention_mask.to(input_ids.device)
 
 
+# Generation arguments only `GenerationMixin.generate` (the text path) implements.
+_TEXT_PATH_ONLY = ("assistant_model", "penalty_alpha", "num_beam_groups", "constraints", "force_words_ids")
+
+
+def _text_path_only(name: str, value) -> bool:
+    if name in ("num_beams", "num_return_sequences"):
+        return value is not None and int(value) > 1
+    return name in _TEXT_PATH_ONLY and value is not None
+
+
+def _apply_generation_kwargs(
+    kwargs: dict, generation_config: GenerationConfig, speech_generation_config: GenerationConfig
+) -> tuple[GenerationConfig, GenerationConfig]:
+    """Route standard generation arguments: [`GenerationConfig`] fields update a copy of the LLM's config,
+    `speech_`-prefixed ones a copy of the decoder's; what the speech path cannot do raises `ValueError`."""
+    for name, value in kwargs.items():
+        if _text_path_only(name.removeprefix("speech_"), value):
+            raise ValueError(
+                f"the speech path decodes greedily or by sampling and cannot use {name}={value!r}; "
+                "for beam search, assisted or contrastive decoding call generate(..., return_speech=False) (text only)"
+            )
+    defaults = GenerationConfig()
+    known = {name for name in kwargs if hasattr(defaults, name.removeprefix("speech_"))}
+    unknown = sorted(set(kwargs) - known)
+    if unknown:
+        raise TypeError(f"stream got unexpected arguments {unknown}")
+    text_updates = {name: value for name, value in kwargs.items() if not name.startswith("speech_")}
+    speech_updates = {name.removeprefix("speech_"): v for name, v in kwargs.items() if name.startswith("speech_")}
+    if text_updates:
+        generation_config = copy.deepcopy(generation_config)
+        generation_config.update(**text_updates)
+    if speech_updates:
+        speech_generation_config = copy.deepcopy(speech_generation_config)
+        speech_generation_config.update(**speech_updates)
+    return generation_config, speech_generation_config
+
+
 @torch.no_grad()
-def stream(
+def new_conversation(
     model,
     input_ids: torch.LongTensor,
     input_features: torch.Tensor | None = None,
@@ -575,8 +656,82 @@ def stream(
     token2wav_mode: str = "blocks",
     token2wav_speaker_embedding: torch.Tensor | None = None,
     token2wav_generator: torch.Generator | None = None,
+    seed: int | None = None,
     **kwargs,
 ):
+    """Check the arguments of one conversation (those of [`stream`]) and return its schedule, ready to run: a
+    generator of events and [`_Feed`] requests, and the `_Interleaver` that holds its state."""
+    if input_ids.dim() == 1:
+        input_ids = input_ids[None]
+    if input_ids.shape[0] != 1:
+        raise ValueError(
+            f"stream generates one conversation at a time: batch size must be 1, got {input_ids.shape[0]}"
+        )
+    device = model.device
+    input_ids = input_ids.to(device)
+    if input_features is not None:
+        input_features = input_features.to(device)
+        feature_attention_mask = feature_attention_mask.to(device) if feature_attention_mask is not None else None
+    generation_config = generation_config if generation_config is not None else model.generation_config
+    if speech_generation_config is None:
+        speech_generation_config = speech_generation_config_of(model)
+    generation_config, speech_generation_config = _apply_generation_kwargs(
+        kwargs, generation_config, speech_generation_config
+    )
+    text_settings = _decode_settings(
+        generation_config, model.config.text_config.eos_token_id, text_logits_processor, device, max_new_tokens
+    )
+    speech_settings = _decode_settings(
+        speech_generation_config,
+        model.config.speech_decoder_config.eos_token_id,
+        speech_logits_processor,
+        device,
+        speech_max_new_tokens,
+    )
+    if text_settings.budget < 1:
+        raise ValueError(
+            f"the text budget (generation_config.max_new_tokens) must be >= 1, got {text_settings.budget}"
+        )
+    if speaker_embedding is not None:
+        speaker_embedding = torch.as_tensor(speaker_embedding)
+        if speaker_embedding.numel() != model.config.speaker_embedding_dim:
+            raise ValueError(
+                f"speaker_embedding must hold one vector of {model.config.speaker_embedding_dim} values, "
+                f"got shape {tuple(speaker_embedding.shape)}"
+            )
+    if seed is not None:
+        generator = generator if generator is not None else torch.Generator(device=device).manual_seed(seed)
+        token2wav_generator = (
+            token2wav_generator if token2wav_generator is not None else torch.Generator().manual_seed(seed)
+        )
+    tokenizer, unit_range = _resolve_tokenizers(processor, tokenizer, unit_tokenizer)
+    if token2wav is None:
+        token2wav = getattr(model, "token2wav", None)
+    audio_stream = None
+    if token2wav:
+        if unit_range is None:
+            raise ValueError("streaming audio needs the unit vocabulary: pass processor= (or unit_tokenizer=)")
+        audio_stream = token2wav.start_stream(
+            mode=token2wav_mode, speaker_embedding=token2wav_speaker_embedding, generator=token2wav_generator
+        )
+    detok = IncrementalDetokenizer(tokenizer, skip_special_tokens) if tokenizer is not None else None
+    interleaver = _Interleaver(
+        model,
+        text_settings,
+        speech_settings,
+        speaker_slot=model.speaker_slot(speaker_embedding)[:, None],  # fixed OB-LLM-1: the voice is honoured
+        prompt_mask=_prompt_mask(input_ids, attention_mask),
+        unit_range=unit_range,
+        detok=detok,
+        generator=generator,
+        output_conditioning=output_conditioning,
+        audio_stream=audio_stream,
+        sample_rate=token2wav.sampling_rate if token2wav else None,
+    )
+    return interleaver.run(input_ids, input_features, feature_attention_mask), interleaver
+
+
+def stream(model, input_ids: torch.LongTensor, **kwargs):
     r"""
     Generate the spoken answer to a prompt as a stream of events: [`TextDelta`] per text token, [`SpeechUnits`] per
     speech decoder token, ([`AudioChunk`] once a vocoder is attached,) and a final [`Done`].
@@ -585,7 +740,8 @@ def stream(
         model ([`OpenS2SForConditionalGeneration`]): the model.
         input_ids (`torch.LongTensor` of shape `(1, prompt_length)`):
             The prompt from `processor.apply_chat_template(..., add_generation_prompt=True)`; it should end in
-            `<|im_tts_start|>`, whose hidden state is the decoder's first row. Batch size 1 only.
+            `<|im_tts_start|>`, whose hidden state is the decoder's first row. Batch size 1 only (many conversations
+            at once: `OpenS2SEngine` in `engine_opens2s.py`, or `generate` on a batch).
         input_features (`torch.FloatTensor` of shape `(num_audios, num_mel_bins, 3000 * k)`, *optional*):
             Log-mel features of the prompt's audios.
         feature_attention_mask (`torch.LongTensor` of shape `(num_audios, 3000 * k)`, *optional*): valid mel frames.
@@ -619,72 +775,24 @@ def stream(
             `OpenS2SToken2Wav.start_stream`); `"original"` reproduces OpenS2S's 24-unit loop.
         token2wav_speaker_embedding (`torch.FloatTensor` of shape `(1, 192)`, *optional*): its x-vector voice.
         token2wav_generator (`torch.Generator`, *optional*): its random source (`"blocks"` mode).
+        seed (`int`, *optional*): seeds `generator` (on the model's device) and `token2wav_generator` when they are
+            not given, so a sampled answer is reproducible whatever runs beside it.
+        kwargs: standard generation arguments (`do_sample`, `temperature`, `top_k`, `top_p`, `min_p`,
+            `repetition_penalty`, `suppress_tokens`, `eos_token_id`, any [`GenerationConfig`] field) update a copy of
+            `generation_config` for the LLM; the same names prefixed `speech_` (`speech_do_sample`, ...) update a copy
+            of `speech_generation_config`. What the speech path cannot do (`num_beams > 1`, `assistant_model`,
+            contrastive search, ...) raises a `ValueError` that points at `generate(return_speech=False)`.
 
     Repetition penalties look at the ids this stream generated (per LM), not at the prompt.
 
     Yields:
         [`TextDelta`], [`SpeechUnits`], [`AudioChunk`] and, last, [`Done`].
     """
-    if kwargs:
-        unknown = sorted(kwargs)
-        raise TypeError(f"stream got unexpected arguments {unknown}")
-    if input_ids.dim() == 1:
-        input_ids = input_ids[None]
-    if input_ids.shape[0] != 1:
-        raise ValueError(
-            f"stream generates one conversation at a time: batch size must be 1, got {input_ids.shape[0]}"
-        )
-    device = model.device
-    input_ids = input_ids.to(device)
-    if input_features is not None:
-        input_features = input_features.to(device)
-        feature_attention_mask = feature_attention_mask.to(device) if feature_attention_mask is not None else None
-    generation_config = generation_config if generation_config is not None else model.generation_config
-    if speech_generation_config is None:
-        speech_generation_config = speech_generation_config_of(model)
-    text_settings = _decode_settings(
-        generation_config, model.config.text_config.eos_token_id, text_logits_processor, device, max_new_tokens
-    )
-    speech_settings = _decode_settings(
-        speech_generation_config,
-        model.config.speech_decoder_config.eos_token_id,
-        speech_logits_processor,
-        device,
-        speech_max_new_tokens,
-    )
-    if text_settings.budget < 1:
-        raise ValueError(
-            f"the text budget (generation_config.max_new_tokens) must be >= 1, got {text_settings.budget}"
-        )
-    if speaker_embedding is not None:
-        speaker_embedding = torch.as_tensor(speaker_embedding)
-        if speaker_embedding.numel() != model.config.speaker_embedding_dim:
-            raise ValueError(
-                f"speaker_embedding must hold one vector of {model.config.speaker_embedding_dim} values, "
-                f"got shape {tuple(speaker_embedding.shape)}"
-            )
-    tokenizer, unit_range = _resolve_tokenizers(processor, tokenizer, unit_tokenizer)
-    if token2wav is None:
-        token2wav = getattr(model, "token2wav", None)
-    audio_stream = None
-    if token2wav:
-        if unit_range is None:
-            raise ValueError("streaming audio needs the unit vocabulary: pass processor= (or unit_tokenizer=)")
-        audio_stream = token2wav.start_stream(
-            mode=token2wav_mode, speaker_embedding=token2wav_speaker_embedding, generator=token2wav_generator
-        )
-    detok = IncrementalDetokenizer(tokenizer, skip_special_tokens) if tokenizer is not None else None
-    engine = _Interleaver(
-        model,
-        text_settings,
-        speech_settings,
-        speaker_slot=model.speaker_slot(speaker_embedding)[:, None],  # fixed quirk 1: the voice is honoured
-        prompt_mask=_prompt_mask(input_ids, attention_mask),
-        unit_range=unit_range,
-        detok=detok,
-        generator=generator,
-        output_conditioning=output_conditioning,
-        audio_stream=audio_stream,
-        sample_rate=token2wav.sampling_rate if token2wav else None,
-    )
-    yield from engine.run(input_ids, input_features, feature_attention_mask)
+    # One engine with one conversation: the same loop that serves many conversations at once.
+    from .engine_opens2s import OpenS2SEngine
+
+    conversation = OpenS2SEngine(model, max_active=1, max_queued=0).submit({"input_ids": input_ids}, **kwargs)
+    try:
+        yield from conversation
+    finally:
+        conversation.cancel()  # a consumer that stops early frees the caches at once

@@ -1,0 +1,453 @@
+"""Many conversations at once: a continuous-batching engine over one OpenS2S model.
+
+One loop serves every active conversation. Each conversation runs its own schedule (`_Interleaver.run` in
+`streaming_opens2s.py`: its M:N interleave, budgets, stop reasons, sampling settings, generator, speaker slot and
+token2wav session), written as a generator that yields events for its caller and forward requests for the engine.
+One [`OpenS2SEngine.step`] resumes every active conversation until it asks for its next forward, then runs those
+forwards together, one batch per LM, and hands each conversation its own hidden states and logits back. Conversations
+join and leave between steps; rows in different phases (prefill, text chunk, speech chunk, flush) simply ask
+different LMs, or the same LM for a different number of positions.
+
+How a batch keeps each conversation's greedy ids exactly those of a solo run:
+
+- Every conversation keeps its own `DynamicCache` per LM, of its own length. A batched forward stacks only the new
+  positions; the weight-heavy parts (projections, MLP, LM head) run on the stacked rows, and attention runs row by
+  row against that row's own cache with transformers' own attention function and mask, exactly as a batch of one.
+  No padding, no mask over other rows' lengths: a row's attention is the same arithmetic alone or in a batch.
+- A float32 GEMM does not compute a row alike for every number of rows: MKL/oneDNN on x86 (and cuBLAS) pick another
+  kernel, with another summation order, for very few rows (measured here: rows differ by ~1e-6 between 1-3 rows and
+  >= 4 rows, and are identical for any count >= 4 and any place of the row in the batch). So single-position forwards
+  are padded with zero rows to at least `MIN_GEMM_ROWS` rows, alone too: a conversation's arithmetic does not depend
+  on how many neighbours it has. Multi-position forwards (a prompt, a speech chunk's rows) run one conversation at a
+  time, in a solo run as in a batch.
+- Sampling uses each conversation's own generator, so seeded answers do not depend on the neighbours either.
+
+`model.stream` and `model.generate` are this engine with one conversation.
+"""
+
+import logging
+import queue
+import threading
+import time
+from collections import deque
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+
+import torch
+from transformers.masking_utils import create_causal_mask, create_sliding_window_causal_mask
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+from transformers.models.qwen3.modeling_qwen3 import eager_attention_forward
+
+from .audio_lengths_opens2s import audio_embedding_lengths
+from .streaming_opens2s import _Feed, _Interleaver, new_conversation
+
+
+__all__ = ["Conversation", "EngineFull", "OpenS2SEngine", "split_batch"]
+
+logger = logging.getLogger(__name__)
+
+# Fewest rows a single-position forward is given (zero rows pad it): from this count on, a float32 GEMM row's result
+# does not depend on the number of rows (see the module docstring).
+MIN_GEMM_ROWS = 4
+_END = object()  # the last item of a conversation's event queue
+
+
+class EngineFull(RuntimeError):
+    """Raised by [`OpenS2SEngine.submit`] when `max_active` conversations run and `max_queued` wait already."""
+
+
+# ---------------------------------------------------------------------------------------------------------- forwards
+def _pad_rows(tensor: torch.Tensor, rows: int) -> torch.Tensor:
+    """`tensor` with zero rows appended along dim 0 up to `rows`."""
+    if tensor.shape[0] >= rows:
+        return tensor
+    return torch.cat([tensor, tensor.new_zeros(rows - tensor.shape[0], *tensor.shape[1:])])
+
+
+def _row_masks(model, feeds: list[_Feed], inputs: list[torch.Tensor], positions: list) -> dict[str, list]:
+    """Per layer type, every row's attention mask, built as the LM's own forward builds it for a batch of one."""
+    masks: dict[str, list] = {"full_attention": []}
+    if getattr(model, "has_sliding_layers", False):
+        masks["sliding_attention"] = []
+    for feed, embeds, (attention_mask, position_ids) in zip(feeds, inputs, positions, strict=True):
+        kwargs = {
+            "config": model.config,
+            "inputs_embeds": embeds,
+            "attention_mask": attention_mask,
+            "cache": feed.state.cache,
+            "position_ids": position_ids,
+        }
+        masks["full_attention"].append(create_causal_mask(**kwargs))
+        if "sliding_attention" in masks:
+            masks["sliding_attention"].append(create_sliding_window_causal_mask(**kwargs))
+    return masks
+
+
+class _RowCaches:
+    """The caches of the rows of one batched forward, one `DynamicCache` each (of its own length). `update` appends
+    each row's new keys/values to its own cache and returns per-row lists, which [`_row_attention`] reads."""
+
+    def __init__(self, caches: list):
+        self.caches = caches
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, layer_idx: int, *args, **kwargs):
+        keys, values = [], []
+        for row, cache in enumerate(self.caches):
+            key, value = cache.update(key_states[row : row + 1], value_states[row : row + 1], layer_idx)
+            keys.append(key)
+            values.append(value)
+        return keys, values
+
+
+# Attention implementation of each LM config while its rows run through `_row_attention`.
+_ROW_ATTENTION = "opens2s_rows"
+_row_attention_inner: dict[int, str] = {}
+
+
+def _row_attention(module, query: torch.Tensor, key, value, attention_mask, **kwargs):
+    """Attention of stacked rows, one row at a time against its own cache with the LM's own attention function and
+    mask: the same call, on the same tensors, as a batch of one. Padding rows get zeros."""
+    inner = ALL_ATTENTION_FUNCTIONS.get_interface(_row_attention_inner.get(id(module.config), "sdpa"), None)
+    if inner is None:
+        inner = eager_attention_forward
+    if isinstance(key, torch.Tensor):  # a forward from outside the engine while it runs: no rows to split
+        return inner(module, query, key, value, attention_mask, **kwargs)
+    outputs = [
+        inner(module, query[row : row + 1], key[row], value[row], attention_mask[row], **kwargs)[0]
+        for row in range(len(key))
+    ]
+    return _pad_rows(torch.cat(outputs), query.shape[0]), None
+
+
+@contextmanager
+def _attention_by_row(config):
+    """Route `config`'s attention through [`_row_attention`] for one forward (restored afterwards). The function is
+    registered with transformers' attention functions on first use, not at import."""
+    if _ROW_ATTENTION not in ALL_ATTENTION_FUNCTIONS:
+        ALL_ATTENTION_FUNCTIONS.register(_ROW_ATTENTION, _row_attention)
+    _row_attention_inner[id(config)] = config._attn_implementation
+    config._attn_implementation_internal = _ROW_ATTENTION
+    try:
+        yield
+    finally:
+        config._attn_implementation_internal = _row_attention_inner.pop(id(config))
+
+
+@torch.no_grad()
+def forward_rows(causal_lm, feeds: list[_Feed]) -> None:
+    """Run one forward of `causal_lm` for rows that each feed the same number of new positions through their own
+    caches; fills every feed's `hidden` `(1, n, hidden)` and `logits` `(1, vocab)`.
+
+    It is the LM's own forward (`causal_lm.model`) on the stacked rows, with the attention split per row (see the
+    module docstring); single-position rows are padded to `MIN_GEMM_ROWS`.
+    """
+    model = causal_lm.model
+    inputs = [feed.inputs_embeds.to(causal_lm.lm_head.weight.device) for feed in feeds]
+    length = inputs[0].shape[1]
+    rows = max(len(feeds), MIN_GEMM_ROWS) if length == 1 else len(feeds)
+    positions = [feed.state.advance(length) for feed in feeds]
+    masks = _row_masks(model, feeds, inputs, positions)
+    position_ids = _pad_rows(torch.cat([position_ids for _, position_ids in positions]), rows)
+    with _attention_by_row(model.config):
+        hidden = model(
+            inputs_embeds=_pad_rows(torch.cat(inputs), rows),
+            attention_mask=masks,
+            position_ids=position_ids,
+            cache=_RowCaches([feed.state.cache for feed in feeds]),
+            use_cache=True,
+        ).last_hidden_state
+    logits = causal_lm.lm_head(_pad_rows(hidden[:, -1], MIN_GEMM_ROWS))
+    for row, feed in enumerate(feeds):
+        feed.hidden, feed.logits = hidden[row : row + 1], logits[row : row + 1]
+
+
+def _forward_groups(feeds: list[_Feed]) -> list[list[_Feed]]:
+    """Feeds that run as one forward: all single-position feeds of one LM together; a multi-position feed alone."""
+    groups: dict[int, list[_Feed]] = {}
+    alone = []
+    for feed in feeds:
+        if feed.inputs_embeds.shape[1] == 1:
+            groups.setdefault(id(feed.state.causal_lm), []).append(feed)
+        else:
+            alone.append([feed])
+    return list(groups.values()) + alone
+
+
+# ---------------------------------------------------------------------------------------------------------- batches
+def split_batch(model, inputs: Mapping) -> list[dict]:
+    """One conversation's inputs per row of a batched processor output, as the processor gives them for that row
+    alone: padding positions dropped (left or right), and that row's audios, trimmed to the 30 s windows they use.
+
+    Args:
+        inputs (`Mapping`): `input_ids` `(batch_size, length)`, `attention_mask`, and optionally `input_features`
+            `(num_audios, num_mel_bins, 3000 * k)` / `feature_attention_mask` holding every row's audios in order.
+    """
+    input_ids = inputs["input_ids"]
+    attention_mask = inputs.get("attention_mask")
+    features, feature_mask = inputs.get("input_features"), inputs.get("feature_attention_mask")
+    placeholders = model.config.audio_token_id
+    if features is not None:
+        window = model.config.audio_config.max_source_positions * 2
+        positions = audio_embedding_lengths(
+            feature_mask.sum(-1).cpu(), len(model.config.adapter_conv_kernel_sizes), window=window
+        ).tolist()
+    rows, next_audio = [], 0
+    for row in range(input_ids.shape[0]):
+        keep = attention_mask[row].bool() if attention_mask is not None else torch.ones_like(input_ids[row]).bool()
+        row_ids = input_ids[row][keep][None]
+        entry = {"input_ids": row_ids}
+        if features is not None:
+            wanted, first = int((row_ids == placeholders).sum()), next_audio
+            while wanted > 0:
+                wanted -= positions[next_audio]
+                next_audio += 1
+            if wanted != 0:
+                raise ValueError(f"row {row}: its audio placeholders do not match whole audios of input_features")
+            if next_audio > first:
+                row_mask = feature_mask[first:next_audio]
+                windows = -(-int(row_mask.sum(-1).max()) // window)
+                entry["input_features"] = features[first:next_audio, :, : windows * window]
+                entry["feature_attention_mask"] = row_mask[:, : windows * window]
+        rows.append(entry)
+    return rows
+
+
+# ---------------------------------------------------------------------------------------------------------- engine
+class Conversation:
+    """One conversation of an [`OpenS2SEngine`]: iterate it for its events (`for event in conversation`), the same
+    typed events as `model.stream` ([`TextDelta`], [`SpeechUnits`], [`AudioChunk`], last [`Done`]).
+
+    Without a background thread (`engine.start()`), iterating drives `engine.step()` from the caller's thread (every
+    other conversation advances too, its events wait in its own queue); with one, iterating blocks on this
+    conversation's queue. `cancel()` stops it at once and frees its memory; its stream then ends with a [`Done`]
+    whose unset stop reasons read `"cancelled"`.
+    """
+
+    def __init__(self, engine: "OpenS2SEngine", conversation_id: int, schedule: Iterator, interleaver: _Interleaver):
+        self.id = conversation_id
+        self.engine = engine
+        self.schedule = schedule
+        self.interleaver: _Interleaver | None = interleaver
+        self.events: queue.Queue = queue.Queue()
+        self.request: _Feed | None = None  # the forward it waits for
+        self.done = False  # generation is over (finished, cancelled or failed); events may still be queued
+        self.drained = False
+
+    def __iter__(self) -> "Conversation":
+        return self
+
+    def __next__(self):
+        if self.drained:
+            raise StopIteration
+        while True:
+            try:
+                item = self.events.get_nowait()
+                break
+            except queue.Empty:
+                if self.engine.running:
+                    item = self.events.get()
+                    break
+                self.engine.step()
+        if item is _END:
+            self.drained = True
+            raise StopIteration
+        if isinstance(item, BaseException):
+            self.drained = True
+            raise item
+        return item
+
+    def cancel(self) -> None:
+        """Stop this conversation now (between two engine steps) and free its caches and token2wav state; the other
+        conversations go on undisturbed. Does nothing once it is done."""
+        self.engine._cancel(self)
+
+    # ---- engine side (called under the engine's lock)
+    def advance(self) -> _Feed | None:
+        """Resume the schedule until it asks for a forward (returned) or ends (`None`); events go to the queue."""
+        try:
+            for item in self.schedule:
+                if isinstance(item, _Feed):
+                    self.request = item
+                    return item
+                self.events.put(item)
+        except Exception as error:  # noqa: BLE001 - the error belongs to this conversation's caller
+            self.finish(error)
+            return None
+        self.finish()
+        return None
+
+    def finish(self, error: BaseException | None = None, stop_reason: str | None = None) -> None:
+        """End the conversation: free its memory, queue the error or (when cancelled) a last [`Done`], then the end."""
+        if self.done:
+            return
+        self.done = True
+        if stop_reason is not None and self.interleaver is not None:
+            self.events.put(self.interleaver.done(stop_reason))
+        if self.interleaver is not None:
+            self.interleaver.release()
+        self.schedule.close()
+        self.interleaver = self.schedule = self.request = None
+        if error is not None:
+            self.events.put(error)
+        self.events.put(_END)
+
+
+class OpenS2SEngine:
+    r"""
+    A continuous-batching streaming engine: one model (LLM, speech decoder and attached token2wav) and one loop for
+    every active conversation.
+
+    Args:
+        model ([`OpenS2SForConditionalGeneration`]): the model; its attached token2wav (if any) speaks every answer.
+        processor ([`OpenS2SProcessor`], *optional*): default `processor=` of every conversation (text and units).
+        max_active (`int`, *optional*, defaults to 8): conversations decoded together at most.
+        max_queued (`int`, *optional*, defaults to 32): conversations waiting for a free slot at most; `submit`
+            raises [`EngineFull`] beyond.
+
+    Example:
+
+    ```python
+    engine = OpenS2SEngine(model, processor)
+    conversations = [engine.submit(inputs, max_new_tokens=64, seed=i) for i, inputs in enumerate(requests)]
+    for event in conversations[0]:  # drives the loop; the others' events wait in their own queues
+        ...
+    ```
+    Or `engine.start()` to run the loop in a background thread (then `submit`/`cancel` from any thread, and iterate
+    each conversation from its own thread), and `engine.stop()` at the end.
+    """
+
+    def __init__(self, model, processor=None, *, max_active: int = 8, max_queued: int = 32):
+        if max_active < 1 or max_queued < 0:
+            raise ValueError(f"need max_active >= 1 and max_queued >= 0, got {max_active} and {max_queued}")
+        self.model = model
+        self.processor = processor
+        self.max_active, self.max_queued = max_active, max_queued
+        self.active: list[Conversation] = []
+        self.queued: deque[Conversation] = deque()
+        self.lock = threading.RLock()
+        self.wakeup = threading.Condition(self.lock)
+        self.thread: threading.Thread | None = None
+        self.running = False
+        self.next_id = 0
+        self.steps = 0
+
+    def submit(self, inputs: Mapping, **stream_kwargs) -> Conversation:
+        """Queue one conversation.
+
+        Args:
+            inputs (`Mapping`): one conversation's processor output (`input_ids` `(1, length)`, `attention_mask`,
+                `input_features`, `feature_attention_mask`).
+            stream_kwargs: what `model.stream` takes (`max_new_tokens`, `speech_max_new_tokens`, `do_sample`,
+                `temperature`, `top_p`, `top_k`, `repetition_penalty`, `generator` or `seed`, `speaker_embedding`,
+                `token2wav_*`, ...); `processor` defaults to the engine's.
+
+        Raises:
+            [`EngineFull`]: `max_active` conversations run and `max_queued` wait. Bad arguments raise here too.
+        """
+        stream_kwargs.setdefault("processor", self.processor)
+        with self.lock:
+            if len(self.active) + len(self.queued) >= self.max_active + self.max_queued:
+                raise EngineFull(
+                    f"engine full: {len(self.active)} conversations active (max_active={self.max_active}) and "
+                    f"{len(self.queued)} queued (max_queued={self.max_queued}); retry once one has finished"
+                )
+            schedule, interleaver = new_conversation(self.model, **dict(inputs), **stream_kwargs)
+            conversation = Conversation(self, self.next_id, schedule, interleaver)
+            self.next_id += 1
+            self.queued.append(conversation)
+            self.wakeup.notify_all()
+        return conversation
+
+    def stats(self) -> dict:
+        """`{"active": ..., "queued": ..., "max_active": ..., "max_queued": ..., "steps": ..., "running": ...}`."""
+        with self.lock:
+            return {
+                "active": len(self.active),
+                "queued": len(self.queued),
+                "max_active": self.max_active,
+                "max_queued": self.max_queued,
+                "steps": self.steps,
+                "running": self.running,
+            }
+
+    @torch.no_grad()
+    def step(self) -> bool:
+        """Advance every active conversation by one forward (admitting queued ones first); returns whether any
+        conversation is still active or queued."""
+        with self.lock:
+            while self.queued and len(self.active) < self.max_active:
+                self.active.append(self.queued.popleft())
+            feeds = []
+            for conversation in list(self.active):
+                feed = conversation.request or conversation.advance()
+                if feed is None:
+                    self.active.remove(conversation)
+                else:
+                    feeds.append(feed)
+            self._run(feeds)
+            self.steps += 1
+            return bool(self.active or self.queued)
+
+    def _run(self, feeds: list[_Feed]) -> None:
+        """Run the forwards; each conversation's request is answered (or the conversation fails) and cleared."""
+        owners = {id(conversation.request): conversation for conversation in self.active if conversation.request}
+        for group in _forward_groups(feeds):
+            begin = time.perf_counter()
+            try:
+                forward_rows(group[0].state.causal_lm, group)
+            except Exception as error:  # noqa: BLE001 - handed to the callers of the rows of this forward
+                logger.exception("engine forward failed for %d conversation(s)", len(group))
+                for feed in group:
+                    owners[id(feed)].finish(error)
+                    self.active.remove(owners[id(feed)])
+                continue
+            seconds = time.perf_counter() - begin
+            for feed in group:
+                conversation = owners[id(feed)]
+                conversation.interleaver.clock.add(feed.stage, seconds)
+                conversation.request = None
+
+    def _cancel(self, conversation: Conversation) -> None:
+        with self.lock:
+            if conversation.done:
+                return
+            if conversation in self.active:
+                self.active.remove(conversation)
+            elif conversation in self.queued:
+                self.queued.remove(conversation)
+            conversation.finish(stop_reason="cancelled")
+
+    # ---- background loop
+    def start(self) -> "OpenS2SEngine":
+        """Run the loop in a background thread (idle while no conversation is active or queued)."""
+        with self.lock:
+            if self.running:
+                return self
+            self.running = True
+            self.thread = threading.Thread(target=self._loop, name="opens2s-engine", daemon=True)
+            self.thread.start()
+        return self
+
+    def stop(self) -> None:
+        """Stop the background loop (conversations keep their state; iterating them drives the loop again)."""
+        with self.lock:
+            self.running = False
+            self.wakeup.notify_all()
+        if self.thread is not None:
+            self.thread.join()
+            self.thread = None
+
+    def _loop(self) -> None:
+        while True:
+            with self.lock:
+                while self.running and not (self.active or self.queued):
+                    self.wakeup.wait()
+                if not self.running:
+                    return
+            self.step()
+
+    def __enter__(self) -> "OpenS2SEngine":
+        return self.start()
+
+    def __exit__(self, *exc_info) -> None:
+        self.stop()
