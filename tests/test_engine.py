@@ -1,0 +1,218 @@
+"""`OpenS2SEngine`: many conversations decoded together, each one's ids exactly those of the same conversation alone.
+
+Tiny default model (random weights, seed 0). Conversations join at different engine steps (mid-chunk), leave at
+different steps (budgets, a text EOS, a cancel) and differ in prompt, budgets and speaker embedding; every one's text
+ids and decoder ids must equal `model.stream` of that conversation alone (which is itself the engine with one
+conversation, and reproduces the original on the fixture sets: `test_streaming.py`).
+"""
+
+import gc
+import threading
+import weakref
+
+import numpy as np
+import pytest
+import torch
+
+from opens2s import EXAMPLE_WAV
+from opens2s.modeling_opens2s.audio_opens2s import load_audio
+from opens2s.processing.chat import conversation_inputs, load_speech_model
+
+
+pytestmark = pytest.mark.usefixtures("single_thread")
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_model_dir):
+    loaded = load_speech_model(tiny_model_dir)
+    return loaded.model, loaded.processor
+
+
+@pytest.fixture(scope="module")
+def prompts(tiny):
+    """Four one-turn prompts of different lengths: the example question, shortened twice, and with a system turn."""
+    _, processor = tiny
+    waveform = load_audio(EXAMPLE_WAV, sampling_rate=16000)
+    return [
+        conversation_inputs(processor, waveform, sampling_rate=16000),
+        conversation_inputs(processor, waveform[: len(waveform) // 2], sampling_rate=16000),
+        conversation_inputs(processor, waveform[: len(waveform) // 3], sampling_rate=16000, system_prompt="Be brief."),
+        conversation_inputs(processor, waveform, sampling_rate=16000, system_prompt="You are a kind listener."),
+    ]
+
+
+def ids_of(events) -> dict:
+    out = {"text": [], "speech": [], "audio": [], "done": None}
+    for event in events:
+        if event.kind == "text":
+            out["text"] += event.token_ids
+        elif event.kind == "units":
+            out["speech"] += event.token_ids
+        elif event.kind == "audio":
+            out["audio"].append(event.pcm)
+        else:
+            out["done"] = event
+    return out
+
+
+def solo(tiny, inputs, **kwargs) -> dict:
+    model, processor = tiny
+    return ids_of(model.stream(**inputs, processor=processor, **kwargs))
+
+
+def run_plan(engine, plan: list[tuple[int, dict, dict]]) -> list[dict]:
+    """Submit `(join_step, inputs, kwargs)` conversations at their steps, step until all are done, return ids."""
+    conversations = [None] * len(plan)
+    step = 0
+    while step == 0 or any(c is None or not c.done for c in conversations):
+        for index, (join, inputs, kwargs) in enumerate(plan):
+            if join == step:
+                conversations[index] = engine.submit(inputs, **kwargs)
+        engine.step()
+        step += 1
+    return [ids_of(conversation) for conversation in conversations]
+
+
+def test_batched_greedy_ids_equal_each_conversation_alone(tiny, prompts):
+    model, processor = tiny
+    dim = model.config.speaker_embedding_dim
+    voice = torch.randn(dim, generator=torch.Generator().manual_seed(1))
+    kwargs = [
+        {"max_new_tokens": 13, "speech_max_new_tokens": 40, "token2wav": False},
+        {"max_new_tokens": 5, "speech_max_new_tokens": 60, "token2wav": False, "speaker_embedding": voice},
+        {"max_new_tokens": 9, "speech_max_new_tokens": 7, "token2wav": False},  # speech budget ends first
+        {"max_new_tokens": 11, "speech_max_new_tokens": 30, "seed": 3},  # speaks through its own token2wav
+    ]
+    alone = [solo(tiny, inputs, **kw) for inputs, kw in zip(prompts, kwargs, strict=True)]
+    # Row 0 stops at a text EOS (its 4th token) while the others go on.
+    eos = alone[0]["text"][3]
+    kwargs[0]["eos_token_id"] = eos
+    alone[0] = solo(tiny, prompts[0], **kwargs[0])
+    assert alone[0]["done"].stats.text_stop_reason == "eos"
+    # Joins at steps 0, 1, 6 and 7: mid text chunk and mid speech chunk of those already running.
+    plan = [
+        (0, prompts[0], kwargs[0]),
+        (1, prompts[1], kwargs[1]),
+        (6, prompts[2], kwargs[2]),
+        (7, prompts[3], kwargs[3]),
+    ]
+    together = run_plan(model.engine(processor=processor), plan)
+    for index, (mine, reference) in enumerate(zip(together, alone, strict=True)):
+        assert mine["text"] == reference["text"], f"conversation {index}: text ids differ"
+        assert mine["speech"] == reference["speech"], f"conversation {index}: decoder ids differ"
+        assert mine["done"].stats.text_stop_reason == reference["done"].stats.text_stop_reason
+        assert mine["done"].stats.speech_stop_reason == reference["done"].stats.speech_stop_reason
+    assert together[3]["audio"] and np.array_equal(
+        np.concatenate(together[3]["audio"]), np.concatenate(alone[3]["audio"])
+    )
+    # The voice matters: conversation 1 with another speaker gives other units (so the rows did not share slots).
+    assert solo(tiny, prompts[1], **(kwargs[1] | {"speaker_embedding": None}))["speech"] != alone[1]["speech"]
+
+
+def test_seeded_sampling_does_not_depend_on_neighbours(tiny, prompts):
+    model, processor = tiny
+    sampled = {"do_sample": True, "temperature": 0.9, "top_k": 20, "speech_do_sample": True, "token2wav": False}
+    budgets = {"max_new_tokens": 8, "speech_max_new_tokens": 24}
+    alone = solo(tiny, prompts[1], seed=7, **sampled, **budgets)
+    again = solo(tiny, prompts[1], seed=7, **sampled, **budgets)
+    assert alone["text"] == again["text"] and alone["speech"] == again["speech"]
+    plan = [
+        (0, prompts[0], {"seed": 1, **sampled, **budgets}),
+        (2, prompts[1], {"seed": 7, **sampled, **budgets}),
+        (3, prompts[2], {"seed": 2, **sampled, **budgets}),
+    ]
+    together = run_plan(model.engine(processor=processor), plan)
+    assert together[1]["text"] == alone["text"] and together[1]["speech"] == alone["speech"]
+    assert solo(tiny, prompts[1], seed=8, **sampled, **budgets)["speech"] != alone["speech"]
+
+
+def test_cancel_frees_the_row_and_leaves_the_others_untouched(tiny, prompts):
+    model, processor = tiny
+    kwargs = {"max_new_tokens": 10, "speech_max_new_tokens": 40, "token2wav": False}
+    alone = solo(tiny, prompts[0], **kwargs)
+    engine = model.engine(processor=processor)
+    keep, victim = engine.submit(prompts[0], **kwargs), engine.submit(prompts[1], **kwargs)
+    for _ in range(5):
+        engine.step()
+    cache = weakref.ref(victim.interleaver.text.cache)
+    victim.cancel()
+    gc.collect()
+    assert victim.done and victim.interleaver is None and cache() is None
+    assert engine.stats()["active"] == 1
+    events = list(victim)
+    assert events[-1].kind == "done" and events[-1].stats.text_stop_reason == "cancelled"
+    mine = ids_of(keep)
+    assert mine["text"] == alone["text"] and mine["speech"] == alone["speech"]
+
+
+def test_a_full_engine_refuses_with_a_named_error(tiny, prompts):
+    model, processor = tiny
+    engine = model.engine(processor=processor, max_active=1, max_queued=1)
+    first = engine.submit(prompts[0], max_new_tokens=2, token2wav=False)
+    engine.submit(prompts[1], max_new_tokens=2, token2wav=False)
+    assert engine.stats()["queued"] == 2
+    # A remote-code model has its own copy of the class: catch the RuntimeError base and check the name.
+    with pytest.raises(RuntimeError, match="max_active=1.*max_queued=1") as error:
+        engine.submit(prompts[2], max_new_tokens=2, token2wav=False)
+    assert type(error.value).__name__ == "EngineFull"
+    engine.step()
+    assert engine.stats()["active"] == 1 and engine.stats()["queued"] == 1
+    first.cancel()
+    engine.submit(prompts[2], max_new_tokens=2, token2wav=False)  # a slot was freed
+
+
+def test_background_thread_serves_conversations_from_other_threads(tiny, prompts):
+    model, processor = tiny
+    kwargs = {"max_new_tokens": 6, "speech_max_new_tokens": 20, "token2wav": False}
+    alone = [solo(tiny, inputs, **kwargs) for inputs in prompts[:3]]
+    results = [None] * 3
+    with model.engine(processor=processor) as engine:
+
+        def client(index):
+            results[index] = ids_of(engine.submit(prompts[index], **kwargs))
+
+        threads = [threading.Thread(target=client, args=(index,)) for index in range(3)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=120)
+    for mine, reference in zip(results, alone, strict=True):
+        assert mine["text"] == reference["text"] and mine["speech"] == reference["speech"]
+
+
+def test_batched_speech_generate_equals_generate_per_prompt(tiny):
+    model, processor = tiny
+    waveform = load_audio(EXAMPLE_WAV, sampling_rate=16000)
+    questions = [waveform, waveform[: len(waveform) // 2]]
+    kwargs = {"processor": processor, "max_new_tokens": 7, "speech_max_new_tokens": 30, "seed": 0}
+    batch = conversation_inputs(processor, questions, sampling_rate=16000)
+    assert batch["input_ids"].shape[0] == 2
+    together = model.generate(**batch, **kwargs)
+    for row, question in enumerate(questions):
+        inputs = conversation_inputs(processor, question, sampling_rate=16000)
+        alone = model.generate(**inputs, **kwargs)
+        prompt_length = inputs["input_ids"].shape[1]
+        new_ids = together.sequences[row, batch["input_ids"].shape[1] :][: alone.sequences.shape[1] - prompt_length]
+        assert new_ids.tolist() == alone.sequences[0, prompt_length:].tolist()
+        units = together.unit_sequences[row, : together.unit_lengths[row]]
+        assert units.tolist() == alone.unit_sequences[0].tolist()
+        audio = together.audio_values[row, : together.audio_lengths[row]]
+        assert torch.equal(audio, alone.audio_values[0])
+    assert together.stats is None and len(together.row_stats) == 2
+
+
+def test_speech_generate_takes_standard_sampling_arguments(tiny, prompts):
+    model, processor = tiny
+    kwargs = {"processor": processor, "max_new_tokens": 6, "speech_max_new_tokens": 12, "token2wav": False}
+    sampled = {"do_sample": True, "temperature": 0.7, "top_p": 0.9, "top_k": 10, "repetition_penalty": 1.1}
+    first = model.generate(**prompts[0], **kwargs, **sampled, seed=5)
+    second = model.generate(**prompts[0], **kwargs, **sampled, seed=5)
+    assert torch.equal(first.sequences, second.sequences)
+    greedy = model.generate(**prompts[0], **kwargs)
+    hot = model.generate(**prompts[0], **kwargs, do_sample=True, temperature=50.0, seed=5)
+    assert not torch.equal(greedy.sequences, hot.sequences)
+    for unsupported in ({"num_beams": 2}, {"assistant_model": model}, {"penalty_alpha": 0.6}):
+        with pytest.raises(ValueError, match="return_speech=False"):
+            model.generate(**prompts[0], **kwargs, **unsupported)
+    with pytest.raises(TypeError, match="unexpected arguments"):
+        model.generate(**prompts[0], **kwargs, not_an_argument=1)
