@@ -19,6 +19,7 @@ stage folder is self-contained) and as `*_file` paths relative to the work folde
 import hashlib
 import io
 import logging
+import math
 import re
 from pathlib import Path
 
@@ -44,6 +45,8 @@ from opens2s.dataset_scripts.prompting import (
 )
 from opens2s.dataset_scripts.runner import Failure, StageRunner, map_rows, write_atomic
 from opens2s.dataset_scripts.seeds import read_seed_source
+from opens2s.processing.audio_io import TARGET_SAMPLING_RATE, AudioError, load_audio
+from opens2s.processing.prompt_format import unit_string
 
 
 __all__ = [
@@ -56,7 +59,6 @@ __all__ = [
     "run_seed",
     "run_units",
     "run_user_speech",
-    "units_string",
 ]
 
 logger = logging.getLogger(__name__)
@@ -212,49 +214,31 @@ def _check_seed(row: dict, config: PipelineConfig, languages: set[str]) -> dict:
     language = str(row.get("language") or config.language).strip().lower().replace("_", "-").split("-")[0]
     if language not in languages:
         raise RowFailure("unsupported language", f"{language!r} has no prompt templates ({sorted(languages)})")
-    waveform = _read_seed_audio(row.get("audio"))
-    seconds = waveform.size / 16000
-    if seconds < config.min_seed_seconds:
-        raise RowFailure("audio too short", f"{seconds:.2f} s < {config.min_seed_seconds} s")
-    if seconds > config.max_seed_seconds:
-        raise RowFailure("audio too long", f"{seconds:.2f} s > {config.max_seed_seconds} s")
-    relative, seconds = _write_wav(config, "seed", row["id"], waveform, 16000)
+    waveform = _read_seed_audio(row.get("audio"), config)
+    relative, seconds = _write_wav(config, "seed", row["id"], waveform, TARGET_SAMPLING_RATE)
     speaker = str(row.get("speaker") or "").strip() or row["id"]
     out = {"id": row["id"], "speaker": speaker, "language": language, "transcript": transcript, **labels}
     return out | {"audio": relative, "audio_file": relative, "duration": seconds}
 
 
-def _read_seed_audio(value) -> np.ndarray:
-    """A seed's audio (a path, or an undecoded / decoded `datasets.Audio` value) as 16 kHz mono float32."""
-    import soundfile
-    import soxr
-
-    from opens2s.processing.audio_io import load_audio
-
+def _read_seed_audio(value, config: PipelineConfig) -> np.ndarray:
+    """A seed's audio (anything [`load_audio`] reads: a path, an undecoded or decoded `datasets.Audio` value) as
+    16 kHz mono float32, within the configured seed durations (checked from the header before decoding)."""
     if isinstance(value, dict) and value.get("bytes") is None and value.get("array") is None:
         value = value.get("path")
     if value is None or (isinstance(value, str) and not value.strip()):
         raise RowFailure("missing audio file", "no audio given")
     try:
-        if isinstance(value, (str, Path)):
-            waveform = load_audio(value)
-        elif value.get("bytes") is not None:
-            array, rate = soundfile.read(io.BytesIO(value["bytes"]), dtype="float32", always_2d=True)
-            waveform = soxr.resample(array.mean(axis=1), rate, 16000) if rate != 16000 else array.mean(axis=1)
-        else:
-            array, rate = np.asarray(value["array"], dtype=np.float32), value.get("sampling_rate") or 16000
-            array = array.mean(axis=0) if array.ndim == 2 else array
-            waveform = soxr.resample(array, rate, 16000) if rate != 16000 else array
-    except FileNotFoundError as error:
+        return load_audio(
+            value,
+            max_seconds=config.max_seed_seconds,
+            min_samples=math.ceil(config.min_seed_seconds * TARGET_SAMPLING_RATE),
+        )
+    except OSError as error:  # missing file, or a folder
         raise RowFailure("missing audio file", str(error)) from error
-    except (ValueError, RuntimeError, soundfile.LibsndfileError) as error:
-        raise RowFailure("unreadable audio", str(error)[:300]) from error
-    waveform = np.asarray(waveform, dtype=np.float32)
-    if waveform.size == 0:
-        raise RowFailure("unreadable audio", "empty audio")
-    if not np.isfinite(waveform).all():
-        raise RowFailure("unreadable audio", "NaN or Inf samples")
-    return waveform
+    except AudioError as error:
+        reason = error.reason if error.reason in ("audio too short", "audio too long") else "unreadable audio"
+        raise RowFailure(reason, str(error)[:300]) from error
 
 
 def run_seed(backends, config: PipelineConfig):
@@ -414,11 +398,6 @@ def run_response_speech(source, backends, config: PipelineConfig):
 
 
 # ---------------------------------------------------------------------------------------------------- units
-def units_string(units: list[int]) -> str:
-    """Unit ids as the original OpenS2S stores them: `"<|audio_12|><|audio_5|>..."`."""
-    return "".join(f"<|audio_{unit}|>" for unit in units)
-
-
 def _encode_units(batch: list[dict], tokenizer, config: PipelineConfig) -> list:
     """Units of each row's reply audio; a batch that fails is retried row by row so one bad file fails alone."""
     paths = [str(config.workdir / row["response_audio_file"]) for row in batch]
@@ -438,7 +417,7 @@ def _encode_units(batch: list[dict], tokenizer, config: PipelineConfig) -> list:
 def _training_row(row: dict, units: list[int]) -> dict:
     if not units:
         raise RowFailure("empty speech units")
-    return row | {"speech_units": units_string(units), "num_units": len(units)}
+    return row | {"speech_units": unit_string(units), "num_units": len(units)}
 
 
 def _export_jsonl(folder: Path, rows: list[dict]) -> None:

@@ -39,7 +39,7 @@ from pathlib import Path
 
 import numpy as np
 
-from opens2s.processing.audio_io import TARGET_SAMPLING_RATE
+from opens2s.processing.audio_io import TARGET_SAMPLING_RATE, AudioError, load_audio
 
 
 __all__ = ["COSYVOICE_INSTALL_HINT", "CosyVoice2TTS", "EspeakTTS", "EspeakVoice", "TTSError"]
@@ -179,9 +179,6 @@ class EspeakTTS:
 
     def speak(self, text: str, voice: EspeakVoice) -> tuple[np.ndarray, int]:
         """Run espeak-ng once; 16 kHz mono float32. Raises [`TTSError`]."""
-        import soundfile
-        import soxr
-
         with tempfile.TemporaryDirectory(prefix="opens2s-espeak-") as folder:
             out = Path(folder) / "out.wav"
             command = [self.executable, *voice.arguments(), "-w", str(out), "--stdin"]
@@ -189,14 +186,15 @@ class EspeakTTS:
                 subprocess.run(
                     command, input=text.encode("utf-8"), capture_output=True, timeout=self.timeout, check=True
                 )
-                waveform, rate = soundfile.read(str(out), dtype="float32", always_2d=True)
+                waveform = load_audio(out, max_seconds=None, min_samples=1)
+            except AudioError as error:
+                if error.reason != "empty audio":  # an empty answer fails its row later, as "empty audio"
+                    raise TTSError(f"espeak-ng wrote unusable audio: {error}") from error
+                waveform = np.zeros(0, np.float32)
             except subprocess.CalledProcessError as error:
                 raise TTSError(f"espeak-ng failed: {error.stderr.decode(errors='replace')[:200]}") from error
-            except (subprocess.TimeoutExpired, OSError, RuntimeError) as error:
+            except (subprocess.TimeoutExpired, OSError) as error:
                 raise TTSError(f"espeak-ng failed: {error}") from error
-        waveform = waveform.mean(axis=1)
-        if rate != TARGET_SAMPLING_RATE and waveform.size:
-            waveform = soxr.resample(waveform, rate, TARGET_SAMPLING_RATE).astype(np.float32)
         return waveform, TARGET_SAMPLING_RATE
 
 

@@ -12,7 +12,7 @@ Every loader returns a [`datasets.Dataset`] in one normalised schema, whatever t
 | `instruction_id_list` | `list[str]` | ifeval's `instruction_id_list`, else `[]` | `[]` |
 | `kwargs` | `str` | ifeval's `kwargs` as JSON (a list of dicts, `None` values dropped), else `"[]"` | `"[]"` |
 
-Audio stays undecoded (`{"bytes", "path"}`): [`decode_audio`] reads it with soundfile and resamples with soxr, so no
+Audio stays undecoded (`{"bytes", "path"}`): `opens2s.processing.load_audio` reads it (soundfile, soxr), so no
 torchcodec is needed.
 
 Where the data comes from (read from the benchmarks' public repositories; nothing here is copied code):
@@ -30,14 +30,11 @@ Offline mirrors: pass a local path instead of a Hub id. For VoiceBench, a folder
 unpacked data folder (or the `test.jsonl` folder of one subset).
 """
 
-import io
 import json
 import logging
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-
-import numpy as np
 
 
 __all__ = [
@@ -45,7 +42,6 @@ __all__ = [
     "DEFAULT_SOURCES",
     "TABLE2_BENCHMARKS",
     "BenchmarkSpec",
-    "decode_audio",
     "get_benchmark",
     "load_benchmark",
 ]
@@ -282,32 +278,3 @@ def _download_uro_bench(repo_id: str, cache_dir: Path | None) -> Path:
             zipped.extractall(target)  # zipfile drops absolute and `..` path parts
         done.write_text(archive.name)
     return target
-
-
-# ---------------------------------------------------------------- audio
-def decode_audio(value: dict | str, sampling_rate: int) -> np.ndarray:
-    """A row's undecoded audio (`{"bytes", "path"}` or a path) as mono float32 at `sampling_rate` Hz.
-
-    Raises `ValueError` for unreadable or empty audio and `FileNotFoundError` for a missing file.
-    """
-    import soundfile
-    import soxr
-
-    from opens2s.processing.audio_io import load_audio
-
-    if isinstance(value, str):
-        return load_audio(value, sampling_rate=sampling_rate)
-    if value.get("bytes") is None:
-        if not value.get("path"):
-            raise ValueError("audio has neither bytes nor a path")
-        return load_audio(value["path"], sampling_rate=sampling_rate)
-    try:
-        waveform, file_rate = soundfile.read(io.BytesIO(value["bytes"]), dtype="float32", always_2d=True)
-    except (RuntimeError, soundfile.LibsndfileError) as error:
-        raise ValueError(f"cannot decode audio {value.get('path') or '<bytes>'}: {error}") from error
-    if waveform.shape[0] == 0:
-        raise ValueError(f"audio {value.get('path') or '<bytes>'} is empty")
-    mono = waveform.mean(axis=1)
-    if file_rate != sampling_rate:
-        mono = soxr.resample(mono, file_rate, sampling_rate)
-    return np.ascontiguousarray(mono, dtype=np.float32)

@@ -36,7 +36,6 @@ import gradio as gr
 import numpy as np
 import torch
 
-from opens2s.modeling_opens2s.streaming_opens2s import speech_generation_config_of
 from opens2s.processing.audio_io import load_audio
 from opens2s.processing.chat import SpeechModel, load_speech_model, stream_reply
 from opens2s.processing.voices import find_speakers, load_voice
@@ -177,21 +176,19 @@ class OpenS2SSpace:
         temperature = float(config.temperature or 1.0) if config.do_sample else 0.0
         return temperature, float(config.top_p or 1.0)
 
-    def generation_configs(self, temperature: float, top_p: float):
-        """The LLM's and the speech decoder's generation configs of one answer: the UI's text sampling (temperature
-        0 = greedy) and the app's budgets on top of the model's own configs (which stay untouched)."""
-        model = self.speech_model.model
-        text = copy.deepcopy(model.generation_config)
+    def stream_options(self, temperature: float, top_p: float) -> dict:
+        """`model.stream` keyword arguments of one answer: the app's text and unit budgets (passed as they are), and
+        the LLM's generation config with the UI's sampling (temperature 0 = greedy), a copy so that the model's own
+        config stays untouched."""
+        text = copy.deepcopy(self.speech_model.model.generation_config)
         text.do_sample = temperature > 0
         if text.do_sample:
             text.temperature, text.top_p = float(temperature), float(top_p)
-        if self.max_new_tokens is not None:
-            text.max_new_tokens = self.max_new_tokens
-        speech = speech_generation_config_of(model)
-        if self.max_units is not None:
-            speech = copy.deepcopy(speech)
-            speech.max_new_tokens = self.max_units
-        return text, speech
+        return {
+            "generation_config": text,
+            "max_new_tokens": self.max_new_tokens,
+            "speech_max_new_tokens": self.max_units,
+        }
 
     def read_question(self, audio: str | None) -> np.ndarray:
         """The question as mono float32 at 16 kHz, or a `gr.Error` the UI shows (no stack trace) saying what is
@@ -199,7 +196,7 @@ class OpenS2SSpace:
         if audio is None:
             raise gr.Error("Record or upload a spoken question first.", print_exception=False)
         try:
-            waveform = load_audio(audio, sampling_rate=self.sampling_rate)
+            waveform = load_audio(audio, target_sampling_rate=self.sampling_rate)
         except (OSError, ValueError) as error:
             raise gr.Error(f"Could not read this audio: {error}", print_exception=False) from None
         return waveform
@@ -225,7 +222,7 @@ class OpenS2SSpace:
         kept = turns[-self.max_history_turns :] if self.max_history_turns > 0 else []
         history = [(earlier.question, earlier.reply) for earlier in kept]
         turns = [*turns, turn]
-        text_config, speech_config = self.generation_configs(temperature, top_p)
+        options = self.stream_options(temperature, top_p)
         events = None
         try:
             events = stream_reply(
@@ -233,8 +230,7 @@ class OpenS2SSpace:
                 turn.question,
                 seed=self.seed,
                 history=history,
-                generation_config=text_config,
-                speech_generation_config=speech_config,
+                **options,
                 **self.voices.get(voice, {}),
             )
             yield chat_messages(turns), None, "Listening…", turns

@@ -27,7 +27,7 @@ def reference(request, tmp_path_factory):
     processor = AutoProcessor.from_pretrained(converted, trust_remote_code=True)
     manifest = load_manifest(folder)
     rows = list(load_original_jsonl(folder / manifest["train_example"]["file"], audio_root=folder))
-    batch = OpenS2SDataCollator(processor)(rows)
+    batch = OpenS2SDataCollator(processor, prompt_layout="original")(rows)  # the original's training layout
     with torch.no_grad():
         output = model(**batch)
     return {

@@ -22,13 +22,8 @@ gr = pytest.importorskip("gradio", reason="the Space needs gradio: pip install -
 
 from opens2s.cli import build_parser  # noqa: E402
 from opens2s.modeling_opens2s.streaming_opens2s import speech_generation_config_of  # noqa: E402
-from opens2s.processing.chat import (  # noqa: E402
-    EXAMPLE_WAV,  # noqa: E402
-    conversation_inputs,
-    load_speech_model,
-    spoken_turn_inputs,
-    stream_reply,
-)
+from opens2s.processing.audio_io import load_audio  # noqa: E402
+from opens2s.processing.chat import EXAMPLE_WAV, conversation_inputs, load_speech_model, stream_reply  # noqa: E402
 from opens2s.spaces_app import app as space_app  # noqa: E402
 from opens2s.spaces_app.app import DEFAULT_VOICE, OpenS2SSpace, build_demo, find_speakers, wav_bytes  # noqa: E402
 
@@ -98,16 +93,7 @@ def test_an_answer_streams_growing_text_audio_chunks_and_latency(first_answer):
 
 
 def test_the_app_consumes_the_same_event_iterator_as_the_cli(space, speech_model, first_answer):
-    text_config, speech_config = space.generation_configs(0.0, 1.0)
-    events = list(
-        stream_reply(
-            speech_model,
-            EXAMPLE_WAV,
-            seed=SEED,
-            generation_config=text_config,
-            speech_generation_config=speech_config,
-        )
-    )
+    events = list(stream_reply(speech_model, EXAMPLE_WAV, seed=SEED, **space.stream_options(0.0, 1.0)))
     text = "".join(event.text for event in events if event.kind == "text")
     pcm = np.concatenate([event.pcm for event in events if event.kind == "audio"])
     assert first_answer[-1][3][0].reply == text
@@ -133,15 +119,33 @@ def test_a_second_question_feeds_the_conversation_back(space, first_answer, monk
 
 def test_conversation_inputs_hold_every_question_and_earlier_reply(speech_model):
     processor = speech_model.processor
-    question = spoken_turn_inputs(processor, EXAMPLE_WAV)["input_features"][0]
+    single = conversation_inputs(processor, EXAMPLE_WAV)
+    question = single["input_features"][0]
     waveform = np.zeros(16000, dtype=np.float32)
-    inputs = conversation_inputs(processor, [(waveform, "I hear you.")], EXAMPLE_WAV)
+    inputs = conversation_inputs(processor, EXAMPLE_WAV, history=[(waveform, "I hear you.")])
     assert inputs["input_features"].shape[0] == 2
     torch.testing.assert_close(inputs["input_features"][1], question)
     prompt = processor.tokenizer.decode(inputs["input_ids"][0])
-    assert prompt.count("<|im_start|>user") == 2 and "<|im_start|>assistant\nI hear you.<|im_end|>" in prompt
-    single = conversation_inputs(processor, [], EXAMPLE_WAV)
-    torch.testing.assert_close(single["input_ids"], spoken_turn_inputs(processor, EXAMPLE_WAV)["input_ids"])
+    # Earlier answers carry the think block, as every assistant turn of a training row does.
+    assert prompt.count("<|im_start|>user") == 2
+    assert "<|im_start|>assistant\n<think>\n\n</think>\n\nI hear you.<|im_end|>" in prompt
+    assert prompt.endswith("<|im_start|>assistant\n<think>\n\n</think>\n\n<|im_tts_start|>")
+    # The file's samples given as an array with their rate give the file's features.
+    resampled = conversation_inputs(processor, load_audio(EXAMPLE_WAV), sampling_rate=16000)
+    torch.testing.assert_close(resampled["input_features"], single["input_features"], atol=0, rtol=0)
+
+
+def test_conversation_inputs_batch_left_pads(speech_model):
+    processor = speech_model.processor
+    short = np.random.default_rng(0).uniform(-0.1, 0.1, 8000).astype(np.float32)
+    batch = conversation_inputs(processor, [EXAMPLE_WAV, short], speech_output=False)
+    alone = conversation_inputs(processor, short, speech_output=False)
+    assert batch["input_ids"].shape[0] == 2 and batch["attention_mask"][1, 0] == 0  # left padding
+    length = alone["input_ids"].shape[1]
+    torch.testing.assert_close(batch["input_ids"][1, -length:], alone["input_ids"][0])
+    assert not processor.tokenizer.decode(alone["input_ids"][0]).endswith("<|im_tts_start|>")
+    with pytest.raises(ValueError, match="no history"):
+        conversation_inputs(processor, [short], history=[(short, "Hi.")])
 
 
 @pytest.mark.parametrize("max_history_turns, expected", [(0, 0), (2, 2), (4, 3)])
@@ -269,9 +273,12 @@ def test_voices_are_found_and_passed_to_the_model(speech_model, tmp_path, monkey
 def test_sampling_controls_and_budgets_leave_the_models_configs_alone(space, speech_model):
     model = speech_model.model
     before = (model.generation_config.to_dict(), speech_generation_config_of(model).to_dict())
-    greedy, speech = space.generation_configs(0.0, 0.5)
-    assert not greedy.do_sample and greedy.max_new_tokens == MAX_NEW_TOKENS and speech.max_new_tokens == MAX_UNITS
-    sampled, _ = space.generation_configs(0.7, 0.9)
+    greedy = space.stream_options(0.0, 0.5)
+    assert not greedy["generation_config"].do_sample
+    # The budgets go to `model.stream` as they are, not through copied generation configs.
+    assert (greedy["max_new_tokens"], greedy["speech_max_new_tokens"]) == (MAX_NEW_TOKENS, MAX_UNITS)
+    assert "speech_generation_config" not in greedy
+    sampled = space.stream_options(0.7, 0.9)["generation_config"]
     assert sampled.do_sample and (sampled.temperature, sampled.top_p) == (0.7, 0.9)
     assert (model.generation_config.to_dict(), speech_generation_config_of(model).to_dict()) == before
 

@@ -13,7 +13,7 @@ from transformers import AutoModel, GenerationConfig
 
 from opens2s import EXAMPLE_WAV
 from opens2s.cli import main
-from opens2s.processing.chat import load_speech_model, spoken_turn_inputs
+from opens2s.processing.chat import conversation_inputs, load_speech_model
 
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -56,7 +56,7 @@ def collect(events) -> dict:
 def test_stream_speaks_every_unit(speech_model):
     model, processor = speech_model.model, speech_model.processor
     assert speech_model.speaks
-    inputs = spoken_turn_inputs(processor, EXAMPLE_WAV)
+    inputs = conversation_inputs(processor, EXAMPLE_WAV)
     out = collect(
         model.stream(
             **inputs, processor=processor, token2wav_generator=torch.Generator().manual_seed(0), **budgets(model)
@@ -79,7 +79,7 @@ def test_stream_speaks_every_unit(speech_model):
 
 def test_token2wav_false_streams_units_only(speech_model):
     model, processor = speech_model.model, speech_model.processor
-    inputs = spoken_turn_inputs(processor, EXAMPLE_WAV)
+    inputs = conversation_inputs(processor, EXAMPLE_WAV)
     out = collect(model.stream(**inputs, processor=processor, token2wav=False, **budgets(model)))
     assert "audio" not in out["order"] and len(out["units"]) == UNIT_BUDGET
     assert out["stats"].time_to_first_audio is None
@@ -87,7 +87,7 @@ def test_token2wav_false_streams_units_only(speech_model):
 
 def test_generate_returns_the_whole_answer(speech_model):
     model, processor = speech_model.model, speech_model.processor
-    inputs = spoken_turn_inputs(processor, EXAMPLE_WAV)
+    inputs = conversation_inputs(processor, EXAMPLE_WAV)
     streamed = collect(
         model.stream(
             **inputs, processor=processor, token2wav_generator=torch.Generator().manual_seed(1), **budgets(model)
@@ -106,7 +106,7 @@ def test_generate_returns_the_whole_answer(speech_model):
 
 def test_generate_budget_overrides(speech_model):
     model, processor = speech_model.model, speech_model.processor
-    inputs = spoken_turn_inputs(processor, EXAMPLE_WAV)
+    inputs = conversation_inputs(processor, EXAMPLE_WAV)
     configs = budgets(model)
     output = model.generate(
         **inputs, processor=processor, token2wav=False, max_new_tokens=3, speech_max_new_tokens=11, **configs

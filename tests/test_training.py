@@ -214,6 +214,66 @@ def test_alignment_rows_hear_speech_and_learn_the_continuation(tester):
         assert target == row["messages"][1]["content"][0]["text"] + "<|im_end|>\n"
 
 
+# ---------------------------------------------------------------- training rows = inference prompts
+def chat_messages(messages: list[dict]) -> list[dict]:
+    """A training conversation (original jsonl items) as processor chat messages."""
+    return [
+        {
+            "role": message["role"],
+            "content": [
+                {"type": "audio", "path": item["audio"]}
+                if item.get("audio")
+                else {"type": "text", "text": item["text"]}
+                for item in message["content"]
+            ],
+        }
+        for message in messages
+    ]
+
+
+def test_default_training_rows_start_with_the_chat_template_prompt(tester):
+    """The collator's default layout and `apply_chat_template` give the same ids up to the answer, for spoken and
+    text answers and with an earlier turn: training and inference prompts cannot drift apart."""
+    earlier = tester.text_to_text()["messages"]
+    cases = [
+        (tester.speech_to_speech(), True),
+        (tester.text_to_text(), False),
+        ({"messages": earlier + tester.speech_to_speech()["messages"]}, True),
+    ]
+    collator = OpenS2SDataCollator(tester.processor)
+    for row, spoken in cases:
+        batch = collator([row])
+        prompt = tester.processor.apply_chat_template(
+            chat_messages(row["messages"][:-1]),
+            add_generation_prompt=True,
+            tokenize=True,
+            return_dict=True,
+            speech_output=spoken,
+        )["input_ids"]
+        prompt = prompt[0] if isinstance(prompt[0], list) else prompt
+        ids, labels = batch["input_ids"][0].tolist(), batch["labels"][0].tolist()
+        assert ids[: len(prompt)] == prompt
+        # The answer (from <|im_tts_start|> for a spoken one) is labelled; the final prompt is not.
+        answer_start = len(prompt) - 1 if spoken else len(prompt)
+        im_start = tester.processor.tokenizer.convert_tokens_to_ids("<|im_start|>")
+        final_prompt = max(index for index, token in enumerate(prompt) if token == im_start)
+        assert set(labels[final_prompt:answer_start]) == {-100} and labels[answer_start] == ids[answer_start]
+
+
+def test_original_layout_is_the_original_training_prompt(tester):
+    """`prompt_layout="original"`: `<think></think>` after the assistant header, as the original trained."""
+    row = tester.text_to_text()
+    tokenizer = tester.processor.tokenizer
+    original = OpenS2SDataCollator(tester.processor, prompt_layout="original")([row])["input_ids"][0]
+    default = OpenS2SDataCollator(tester.processor)([row])["input_ids"][0]
+    assert "<|im_start|>assistant\n<think></think>Your feelings" in tokenizer.decode(original)
+    assert "<|im_start|>assistant\n<think>\n\n</think>\n\nYour feelings" in tokenizer.decode(default)
+    with pytest.raises(ValueError, match="prompt_layout"):
+        OpenS2SDataCollator(tester.processor, prompt_layout="qwen")
+    with pytest.raises(ValueError, match="prompt_layout"):
+        TrainingTester.training_args(tester.folder / "out", "sft", prompt_layout="qwen")
+
+
 # ---------------------------------------------------------------- parity with the original
 @requires_reference
 @pytest.mark.parametrize("folder", reference_sets())
@@ -232,6 +292,7 @@ def test_first_training_loss_matches_the_original(folder, tmp_path):
         max_steps=1,
         per_device_train_batch_size=len(dataset),
         train_sampling_strategy="sequential",
+        prompt_layout="original",  # the original's training layout, which its losses were computed on
     )
     trainer = OpenS2STrainer(model, args=args, train_dataset=dataset, processing_class=processor)
     trainer.train()
