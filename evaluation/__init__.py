@@ -15,7 +15,6 @@ _import_structure = {
         "DEFAULT_SOURCES",
         "TABLE2_BENCHMARKS",
         "BenchmarkSpec",
-        "decode_audio",
         "get_benchmark",
         "load_benchmark",
     ],
@@ -32,7 +31,6 @@ if TYPE_CHECKING:
         DEFAULT_SOURCES,
         TABLE2_BENCHMARKS,
         BenchmarkSpec,
-        decode_audio,
         get_benchmark,
         load_benchmark,
     )

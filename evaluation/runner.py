@@ -27,10 +27,12 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from opens2s.evaluation.benchmarks import TABLE2_BENCHMARKS, BenchmarkSpec, decode_audio, get_benchmark, load_benchmark
+from opens2s.evaluation.benchmarks import TABLE2_BENCHMARKS, BenchmarkSpec, get_benchmark, load_benchmark
 from opens2s.evaluation.ifeval import evaluate_ifeval_row
 from opens2s.evaluation.judges import JudgeConfig, judge_row
 from opens2s.evaluation.speech_metrics import ASRFunction, speech_rate, text_speech_consistency
+from opens2s.processing.audio_io import load_audio
+from opens2s.processing.chat import conversation_inputs
 
 
 __all__ = ["EvalConfig", "generate_responses", "read_jsonl", "run_evaluation", "score_responses"]
@@ -167,26 +169,14 @@ def _write(handle, record: dict) -> None:
 
 
 # ---------------------------------------------------------------- generation
-def _chat_inputs(processor, waveforms: list, speech_output: bool):
-    conversations = [[{"role": "user", "content": [{"type": "audio", "audio": wave}]}] for wave in waveforms]
-    return processor.apply_chat_template(
-        conversations,
-        add_generation_prompt=True,
-        tokenize=True,
-        return_dict=True,
-        return_tensors="pt",
-        processor_kwargs={"padding": True, "padding_side": "left"},
-        speech_output=speech_output,
-    )
-
-
-def _text_generation_config(model, config: EvalConfig):
-    generation_config = copy.deepcopy(model.generation_config)
-    if config.greedy:
-        generation_config.do_sample = False
-    if config.max_new_tokens is not None:
-        generation_config.max_new_tokens = config.max_new_tokens
-    return generation_config
+def _decoding_config(model, config: EvalConfig):
+    """The model's text generation config, or for a greedy run over a sampling model a copy that decodes greedily
+    (the budgets go to `generate` directly, not through a copy)."""
+    if not config.greedy or not model.generation_config.do_sample:
+        return model.generation_config
+    greedy = copy.deepcopy(model.generation_config)
+    greedy.do_sample = False
+    return greedy
 
 
 def _eos_ids(generation_config) -> set[int]:
@@ -197,8 +187,9 @@ def _eos_ids(generation_config) -> set[int]:
 def _answer_text(speech_model, waveforms: list, config: EvalConfig) -> list[dict]:
     """Batched speech in -> text out with `GenerationMixin.generate` (left padding)."""
     model, processor = speech_model.model, speech_model.processor
-    generation_config = _text_generation_config(model, config)
-    inputs = _chat_inputs(processor, waveforms, config.speech_prompt).to(model.device)
+    generation_config = _decoding_config(model, config)
+    inputs = conversation_inputs(processor, list(waveforms), speech_output=config.speech_prompt).to(model.device)
+    budget = {"max_new_tokens": config.max_new_tokens} if config.max_new_tokens is not None else {}
     if not config.greedy:
         torch.manual_seed(config.seed)
     with torch.inference_mode():
@@ -207,6 +198,7 @@ def _answer_text(speech_model, waveforms: list, config: EvalConfig) -> list[dict
             return_speech=False,
             generation_config=generation_config,
             pad_token_id=processor.tokenizer.pad_token_id,
+            **budget,
         )
     new_ids = output[:, inputs["input_ids"].shape[1] :].tolist()
     eos, pad = _eos_ids(generation_config), processor.tokenizer.pad_token_id
@@ -227,12 +219,13 @@ def _answer_text(speech_model, waveforms: list, config: EvalConfig) -> list[dict
 def _answer_speech(speech_model, waveform, config: EvalConfig) -> tuple[dict, object, int | None]:
     """One row, speech in -> text + units (+ audio with a token2wav decoder); returns (record, audio, rate)."""
     model, processor = speech_model.model, speech_model.processor
-    inputs = _chat_inputs(processor, [waveform], speech_output=True).to(model.device)
+    inputs = conversation_inputs(processor, waveform, speech_output=True).to(model.device)
     with torch.inference_mode():
         output = model.generate(
             **inputs,
             processor=processor,
-            generation_config=_text_generation_config(model, config),
+            generation_config=_decoding_config(model, config),
+            max_new_tokens=config.max_new_tokens,
             speech_max_new_tokens=config.speech_max_new_tokens,
             generator=torch.Generator(device=model.device).manual_seed(config.seed),
             token2wav_generator=torch.Generator().manual_seed(config.seed),
@@ -289,7 +282,7 @@ def _answer_rows(speech_model, rows: list[dict], spec: BenchmarkSpec, config: Ev
     for row in rows:
         records.append({"id": row["id"], "prompt": row["prompt"]})
         try:
-            waveforms.append(decode_audio(row["audio"], sampling_rate))
+            waveforms.append(load_audio(row["audio"], target_sampling_rate=sampling_rate))
         except _GENERATION_ERRORS as error:
             records[-1]["error"] = f"audio: {error}"
             waveforms.append(None)
