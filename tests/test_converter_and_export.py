@@ -169,6 +169,7 @@ def assert_same_logits_without_opens2s(folder, batch, tmp_path):
     torch.testing.assert_close(torch.load(str(batch_file) + ".logits"), expected, atol=0, rtol=0)
 
 
+@pytest.mark.slow  # a fresh Python process loads the folder with opens2s hidden
 @requires_reference
 def test_export_loads_without_opens2s(converted, original_folder, tmp_path):
     processor = AutoProcessor.from_pretrained(converted, trust_remote_code=True)
@@ -177,6 +178,7 @@ def test_export_loads_without_opens2s(converted, original_folder, tmp_path):
     assert_same_logits_without_opens2s(converted, batch, tmp_path)
 
 
+@pytest.mark.slow  # a fresh Python process loads the folder with opens2s hidden
 def test_tiny_export_loads_without_opens2s(tiny_model_dir, tmp_path):
     """The same check on the tiny default model, so it runs where the fixture sets are absent."""
     from opens2s import EXAMPLE_WAV

@@ -164,6 +164,7 @@ REMOTE_SPEECH = textwrap.dedent(
 )
 
 
+@pytest.mark.slow  # a fresh Python process loads the folder with opens2s hidden
 def test_remote_code_attaches_the_token2wav_subfolder(tiny_model_dir, tmp_path):
     """`trust_remote_code=True` alone (no opens2s installed) finds and runs the `token2wav/` decoder."""
     script = tmp_path / "speak.py"
