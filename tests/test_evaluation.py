@@ -13,7 +13,7 @@ import soundfile as sf
 import torch
 
 from opens2s.cli import main
-from opens2s.evaluation.benchmarks import decode_audio, get_benchmark, load_benchmark
+from opens2s.evaluation.benchmarks import get_benchmark, load_benchmark
 from opens2s.evaluation.ifeval import (
     check_instruction,
     count_sentences,
@@ -30,6 +30,7 @@ from opens2s.evaluation.speech_metrics import (
     speech_rate,
     text_speech_consistency,
 )
+from opens2s.processing.audio_io import load_audio
 from opens2s.processing.chat_completions import ChatCompletionsError
 
 
@@ -176,7 +177,7 @@ def test_voicebench_mirror_loads_in_the_normalised_schema(data):
     assert ifeval["id"] == ["1001", "1002"]
     # Arrow's None-filled argument fields are dropped, as VoiceBench's evaluator does.
     assert json.loads(ifeval[1]["kwargs"]) == [{"keywords": ["bread"]}, {"end_phrase": "Bye."}]
-    waveform = decode_audio(ifeval[1]["audio"], RATE)  # stored at 22.05 kHz
+    waveform = load_audio(ifeval[1]["audio"], target_sampling_rate=RATE)  # stored at 22.05 kHz
     assert waveform.dtype == np.float32 and abs(len(waveform) - 1.2 * RATE) <= 2
     assert len(load_benchmark("alpacaeval", voicebench, limit=2)) == 2
 
@@ -186,7 +187,7 @@ def test_uro_bench_folder_loads_with_reference_and_emotion(data):
     rows = load_benchmark("underemotion-en", uro)
     assert rows["id"] == ["0000", "0001"]
     assert rows[0]["reference"] == "I'm sorry to hear that. / That must hurt." and rows[0]["emotion"] == "sad"
-    assert len(decode_audio(rows[1]["audio"], RATE)) == RATE
+    assert len(load_audio(rows[1]["audio"], target_sampling_rate=RATE)) == RATE
     # The subset's own folder works too.
     assert len(load_benchmark("underemotion-en", uro / "pro" / "UnderEmotion-en")) == 2
     with pytest.raises(FileNotFoundError, match="UnderEmotion-zh/test.jsonl"):
