@@ -1,7 +1,7 @@
 """`opens2s eval`: the arguments and the run of the evaluation command (kept apart from `runner` so that
 `opens2s --help` does not import torch).
 
-    opens2s eval --out eval/opens2s [--benchmarks alpacaeval commoneval ifeval wildvoice underemotion-en ...]
+    opens2s eval --out eval/opens2s [--benchmarks alpacaeval_full commoneval ifeval wildvoice underemotion-en ...]
         [--model ID_OR_FOLDER] [--device cuda] [--dtype bfloat16] [--mode text|speech] [--batch-size 1] [--limit N]
         [--judge-base-url URL] [--judge-model gpt-4o-mini] [--voicebench ID_OR_PATH] [--uro-bench ID_OR_PATH] ...
 """
@@ -36,8 +36,9 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
         "--mode",
         default="text",
         choices=["text", "speech"],
-        help="text: speech in, text out (what Table 2 scores); speech: also the spoken answer, transcribed with "
-        "Whisper (WER/CER against the text answer, duration, speech rate)",
+        help="text: speech in, text out (what VoiceBench scores; UnderEmotion is still answered in speech, its judge "
+        "reads the ASR transcript as URO-Bench's does); speech: every benchmark also speaks, transcribed "
+        "(WER/CER against the text answer, duration, speech rate)",
     )
     parser.add_argument("--batch-size", type=int, default=1, help="rows per generate call in text mode (default 1)")
     parser.add_argument("--limit", type=int, help="only the first N rows of each benchmark (quick runs)")
@@ -64,12 +65,31 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
     judge.add_argument("--judge-rps", type=float, help="at most this many judge requests per second")
     judge.add_argument(
         "--judge-input",
-        default="text",
-        choices=["text", "asr"],
-        help="judge the text answer (default) or, in speech mode, the ASR transcript of the spoken answer",
+        default="reference",
+        choices=["reference", "text", "asr"],
+        help="what the judge reads: reference (default): each benchmark's own choice (VoiceBench: the text answer; "
+        "URO-Bench: the ASR transcript of the spoken answer); text or asr for all",
+    )
+    judge.add_argument(
+        "--judge-parsing",
+        default="reference",
+        choices=["reference", "lenient"],
+        help="reference (default): as the benchmarks read judge answers (VoiceBench float, then [[n]]; URO-Bench int; "
+        "every value counts); lenient: also **4**, 4/5, 'Score: 4', values outside 1-5 dropped",
+    )
+    judge.add_argument(
+        "--failed-rows",
+        default="reference",
+        choices=["reference", "exclude"],
+        help="reference (default): failed generations and judge answers count as the benchmarks count them "
+        "(VoiceBench: an empty answer; URO-Bench: 0); exclude: left out of the means",
     )
     speech = parser.add_argument_group("speech mode")
-    speech.add_argument("--asr-model", default="openai/whisper-large-v3", help="Whisper checkpoint for the ASR")
+    speech.add_argument(
+        "--asr-model",
+        default="openai/whisper-large-v3",
+        help="Whisper checkpoint of the ASR (URO-Bench's; Chinese uses paraformer-zh where FunASR can load it)",
+    )
     speech.add_argument("--asr-batch-size", type=int, default=8, help="waveforms per ASR pass (default 8)")
     speech.add_argument("--save-audio", action="store_true", help="write the spoken answers as wav files")
     parser.add_argument("--retry-failed", action="store_true", help="score the rows that failed before again")
@@ -81,7 +101,11 @@ def run_eval(args: argparse.Namespace) -> int:
     from opens2s.evaluation.runner import EvalConfig, run_evaluation
 
     judge = JudgeConfig.from_env(
-        args.judge_base_url, args.judge_model, samples=args.judge_samples, requests_per_second=args.judge_rps
+        args.judge_base_url,
+        args.judge_model,
+        samples=args.judge_samples,
+        requests_per_second=args.judge_rps,
+        parsing=args.judge_parsing,
     )
     config = EvalConfig(
         output_dir=args.out,
@@ -105,6 +129,7 @@ def run_eval(args: argparse.Namespace) -> int:
         judge=judge,
         judge_workers=args.judge_workers,
         judge_input=args.judge_input,
+        failed_rows=args.failed_rows,
         asr_model=args.asr_model,
         asr_batch_size=args.asr_batch_size,
         save_audio=args.save_audio,

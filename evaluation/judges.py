@@ -1,21 +1,29 @@
-"""LLM-judge scoring through any OpenAI-compatible chat-completions endpoint, with the benchmarks' own judge prompts.
+"""LLM-judge scoring through any OpenAI-compatible chat-completions endpoint, with the benchmarks' own judge prompts,
+score parsing and failure accounting.
 
-Protocols (read from the benchmarks' public code; the prompt texts below are theirs, whitespace-normalised):
-- VoiceBench open-ended QA (`alpacaeval`, `commoneval`, `wildvoice`), github.com/MatthewCYM/VoiceBench `api_judge.py`
-  (`meta_prompt_open`) and `src/evaluator/open.py`: system prompt "You are a helpful assistant who tries to help
-  answer the user's question.", judge `gpt-4o-mini`, `temperature=0.5`, `top_p=0.95`, `max_tokens=1024`, `n=3`; each
-  of the 3 answers is a score 1-5 (a bare number, or `[[n]]`); the benchmark score is the mean of all of them.
+Protocols (read from the benchmarks' public code; the prompt texts are theirs, byte for byte, checked by a test against
+copies in `tests/eval_references/`):
+- VoiceBench open-ended QA (`alpacaeval_full`, `alpacaeval`, `commoneval`, `wildvoice`),
+  github.com/MatthewCYM/VoiceBench `api_judge.py` (`meta_prompt_open`) and `src/evaluator/open.py`: system prompt
+  "You are a helpful assistant who tries to help answer the user's question.", judge `gpt-4o-mini`,
+  `temperature=0.5`, `top_p=0.95`, `max_tokens=1024`, `n=3`. Each answer is read as `float(answer)`, else the
+  integer of its first `[[n]]`; every value counts, in range or not; the benchmark score is the mean of all answers
+  of all rows. An answer that is neither stops VoiceBench's script: here that sample is failed and left out (the
+  report counts it).
 - URO-Bench UnderEmotion (github.com/Ruiqi-Yan/URO-Bench `metrics/mark_gpt.py`, mode `ue`): system prompt "You are a
-  helpful assistant.", the same judge and sampling, prompt with the speaker's emotion and the reference answer;
-  row score = mean of the 3 answers, benchmark score = mean row score x 20 (0-100). An empty answer scores 0 without
-  a judge call.
+  helpful assistant.", the same judge and sampling, `prompt_ue` (indented as the source, then `.strip()`). An answer
+  `""` or `" "` scores `[0, 0, 0]`; a failed request scores `[0, 0, 0]`; each answer is read as `int(answer)`, every
+  value counts; row score = mean of its answers, benchmark score = sum of row scores x 20 / all rows. An answer
+  `int()` cannot read stops URO-Bench's script: here it counts 0, as a failed request does.
 
-Deviations, by design:
-- `n=3` becomes 3 requests of one answer each ([`ChatCompletionsClient`] returns one choice): the same sampling
-  distribution, 3x the requests. `JudgeConfig.samples` sets the count.
-- A judge answer that holds no score in 1-5 does not crash the run (VoiceBench raises, URO-Bench's `int()` fails):
-  that sample is *failed* with its reason and left out of the mean; a row whose samples all failed is a failed row,
-  counted in the report. An endpoint that fails for good (after the client's retries) fails the row the same way.
+Named deviations (never the default):
+- `parsing="lenient"`: our former parser: also `**4**`, `4/5`, `Score: 4`; answers outside 1-5 are failed samples.
+- `failed_rows="exclude"` (`judge_row`'s argument): failed samples are left out of a row's mean (URO-Bench counts
+  them 0) and a row without a valid answer is failed, left out of the benchmark's mean.
+
+Not reproducible: `n=3` becomes 3 requests of one answer each ([`ChatCompletionsClient`] returns one choice): the
+same sampling distribution, but one failed request fails one sample where URO-Bench's single `n=3` request fails all
+three. `JudgeConfig.samples` sets the count.
 """
 
 import logging
@@ -28,7 +36,9 @@ from opens2s.processing.chat_completions import ChatCompletionsClient, ChatCompl
 
 
 __all__ = [
+    "FAILED_ROWS",
     "JUDGE_PARAMS",
+    "JUDGE_PARSINGS",
     "UNDEREMOTION_PROMPT",
     "UNDEREMOTION_SYSTEM_PROMPT",
     "VOICEBENCH_OPEN_PROMPT",
@@ -45,7 +55,7 @@ logger = logging.getLogger(__name__)
 # Sampling of both protocols' judge requests (`n=3` is `JudgeConfig.samples`).
 JUDGE_PARAMS = {"temperature": 0.5, "top_p": 0.95, "max_tokens": 1024, "frequency_penalty": 0, "presence_penalty": 0}
 MIN_SCORE, MAX_SCORE = 1, 5
-# URO-Bench reports mean(1-5) * 20.
+# URO-Bench reports the mean row score x 20 (0-100 for scores in 1-5).
 UNDEREMOTION_SCALE = 20.0
 
 VOICEBENCH_SYSTEM_PROMPT = "You are a helpful assistant who tries to help answer the user's question."
@@ -70,61 +80,93 @@ You don’t need to provide any explanations.
 
 UNDEREMOTION_SYSTEM_PROMPT = "You are a helpful assistant."
 UNDEREMOTION_PROMPT = """I need your help to evaluate the performance of several models in the speech interaction scenario. The models will receive a speech input from the user, which they need to understand and respond to with a speech output.
-The speaker will express strong emotion in the input speech. I expect the model to detect and empathize with the user's emotional tone.
-Your task is to rate the model’s responses based on the provided user input transcription [Instruction], the speaker's emotion [Emotion], the model’s output transcription [Response], and some suggested answers [Reference].
-The model's response doesn't necessarily have to be identical to the suggested answer, as long as it detects and empathizes with the user's emotional tone.
+    The speaker will express strong emotion in the input speech. I expect the model to detect and empathize with the user's emotional tone.
+    Your task is to rate the model’s responses based on the provided user input transcription [Instruction], the speaker's emotion [Emotion], the model’s output transcription [Response], and some suggested answers [Reference].
+    The model's response doesn't necessarily have to be identical to the suggested answer, as long as it detects and empathizes with the user's emotional tone.
 
-Please evaluate the response on a scale of 1 to 5, based on how well the model detects and empathizes with the user's emotional tone:
-1 point: The response fails to recognize or acknowledge the user's emotional tone. It may provide a neutral or unrelated reply that does not show any empathy or understanding of the user's feelings.
-2 points: The response somewhat acknowledges the emotional tone but fails to properly empathize or respond in a way that aligns with the user's emotions. It may be overly neutral or provide a response that seems disconnected from the user's mood.
-3 points: The response recognizes the emotional tone and provides a somewhat empathetic reply. While the response might not be fully aligned with the user’s emotional state, it still attempts to connect and offer a suitable response, though it may lack depth or precision.
-4 points: The response effectively recognizes the emotional tone and responds with empathy. The model addresses the user's emotional state in a relevant and compassionate manner, offering a response that resonates with the user's mood.
-5 points: The response excellently detects the emotional tone and empathizes with the user in a highly appropriate and thoughtful manner. It provides a response that aligns deeply with the user’s emotional state, offering not only empathy but also a meaningful, supportive reply that feels genuine and understanding.
+    Please evaluate the response on a scale of 1 to 5, based on how well the model detects and empathizes with the user's emotional tone:
+    1 point: The response fails to recognize or acknowledge the user's emotional tone. It may provide a neutral or unrelated reply that does not show any empathy or understanding of the user's feelings.
+    2 points: The response somewhat acknowledges the emotional tone but fails to properly empathize or respond in a way that aligns with the user's emotions. It may be overly neutral or provide a response that seems disconnected from the user's mood.
+    3 points: The response recognizes the emotional tone and provides a somewhat empathetic reply. While the response might not be fully aligned with the user’s emotional state, it still attempts to connect and offer a suitable response, though it may lack depth or precision.
+    4 points: The response effectively recognizes the emotional tone and responds with empathy. The model addresses the user's emotional state in a relevant and compassionate manner, offering a response that resonates with the user's mood.
+    5 points: The response excellently detects the emotional tone and empathizes with the user in a highly appropriate and thoughtful manner. It provides a response that aligns deeply with the user’s emotional state, offering not only empathy but also a meaningful, supportive reply that feels genuine and understanding.
 
-Below are the transcription of user’s instruction, the speaker's emotion, models’ response, and the suggested answer:
-### [Instruction]
-{question}
+    Below are the transcription of user’s instruction, the speaker's emotion, models’ response, and the suggested answer:
+    ### [Instruction]
+    {question}
 
-### [Emotion]
-{emotion}
+    ### [Emotion]
+    {emotion}
 
-### [Response]
-{answer}
+    ### [Response]
+    {answer}
 
-### [Reference]
-{reference}
+    ### [Reference]
+    {reference}
 
-After evaluating, please output the score only without anything else.
-You don’t need to provide any explanations."""  # noqa: E501
+    After evaluating, please output the score only without anything else.
+    You don’t need to provide any explanations."""  # noqa: E501
 
+JUDGE_PARSINGS = ("reference", "lenient")
+FAILED_ROWS = ("reference", "exclude")
+# URO-Bench scores these answers [0, 0, 0] (`if item["answer"] == "" or item["answer"] == " "`).
+URO_EMPTY_ANSWERS = ("", " ")
+_VOICEBENCH_RATING = re.compile(r"\[\[(\d+)\]\]")  # VoiceBench `extract_rating`
 _NUMBER = r"(\d+(?:\.\d+)?)"
-# Tried in order on the stripped answer; the first that matches gives the score.
-_SCORE_PATTERNS = (
+# The lenient parser: tried in order on the stripped answer; the first that matches gives the score.
+_LENIENT_PATTERNS = (
     re.compile(rf"^{_NUMBER}(?:\s*/\s*5)?\.?$"),  # "4", "4.", "4/5", "4.5"
-    re.compile(rf"\[\[{_NUMBER}\]\]"),  # VoiceBench's fallback format "[[4]]"
+    re.compile(rf"\[\[{_NUMBER}\]\]"),  # "[[4]]"
     re.compile(rf"\b(?:score|rating)\b\s*(?:is|:|=)?\s*{_NUMBER}(?:\s*/\s*5)?", re.IGNORECASE),  # "Score: 4"
 )
 
 
 @dataclass(frozen=True)
 class JudgeScore:
-    """One parsed judge answer: `value` in 1-5, or `None` with the `reason` it could not be used."""
+    """One parsed judge answer: `value`, or `None` with the `reason` it could not be used."""
 
     value: float | None
     reason: str | None = None
 
 
-def parse_judge_score(text: str | None) -> JudgeScore:
-    """Read a 1-5 score from a judge answer.
+def parse_judge_score(text: str | None, scorer: str = "open", parsing: str = "reference") -> JudgeScore:
+    """Read a score from one judge answer; never raises.
 
-    Accepted: a bare number (`"4"`, `" 4.\\n"`, `"**4**"`, `"4/5"`), `[[4]]` anywhere (VoiceBench's fallback), or
-    `Score: 4` / `Rating is 4`. Anything else, and numbers outside 1-5, give `JudgeScore(None, reason)`; this never
-    raises.
+    Args:
+        text (`str`, *optional*): the judge's answer (`None` when the endpoint returned no content).
+        scorer (`str`, *optional*, defaults to `"open"`): `"open"` (VoiceBench: `float(text)`, else the first
+            `[[n]]`) or `"underemotion"` (URO-Bench: `int(text)`). Any value counts, 0 and 10 included.
+        parsing (`str`, *optional*, defaults to `"reference"`): the benchmark's own parser, or `"lenient"`: a bare
+            number, `**4**`, `4/5`, `[[4]]` or `Score: 4`, in 1-5 only.
+
+    Returns:
+        [`JudgeScore`]: the value, or `None` and why.
     """
-    if text is None or not text.strip():
+    if parsing not in JUDGE_PARSINGS:
+        raise ValueError(f"parsing must be one of {JUDGE_PARSINGS}, got {parsing!r}")
+    if text is None:
+        return JudgeScore(None, "no judge output")
+    if parsing == "lenient":
+        return _parse_lenient(text)
+    if scorer == "underemotion":
+        try:
+            return JudgeScore(float(int(text)))
+        except ValueError:
+            return JudgeScore(None, f"not an integer (URO-Bench reads int(answer)): {_clip(text)}")
+    try:
+        return JudgeScore(float(text))
+    except ValueError:
+        match = _VOICEBENCH_RATING.search(text)
+        if match:
+            return JudgeScore(float(int(match.group(1))))
+        return JudgeScore(None, f"neither a number nor [[n]] (VoiceBench): {_clip(text)}")
+
+
+def _parse_lenient(text: str) -> JudgeScore:
+    if not text.strip():
         return JudgeScore(None, "empty judge output")
     stripped = text.strip().strip("*_` ").strip()
-    for pattern in _SCORE_PATTERNS:
+    for pattern in _LENIENT_PATTERNS:
         match = pattern.search(stripped)
         if match:
             value = float(match.group(1))
@@ -153,6 +195,7 @@ class JudgeConfig:
         timeout (`float`, *optional*, defaults to 120): seconds per request.
         max_retries (`int`, *optional*, defaults to 5): retries of a failed request (rate limits, server errors).
         requests_per_second (`float`, *optional*): rate limit shared by all judge threads.
+        parsing (`str`, *optional*, defaults to `"reference"`): how answers are read (see [`parse_judge_score`]).
     """
 
     base_url: str
@@ -163,6 +206,7 @@ class JudgeConfig:
     timeout: float = 120.0
     max_retries: int = 5
     requests_per_second: float | None = None
+    parsing: str = "reference"
 
     @classmethod
     def from_env(cls, base_url: str | None = None, model: str | None = None, **kwargs) -> "JudgeConfig | None":
@@ -205,23 +249,39 @@ def build_judge_messages(scorer: str, row: dict, answer: str) -> list[dict]:
     raise ValueError(f"no LLM-judge prompt for scorer {scorer!r}")
 
 
-def judge_row(client, config: JudgeConfig, scorer: str, row: dict, answer: str) -> dict:
+def judge_row(
+    client, config: JudgeConfig, scorer: str, row: dict, answer: str, failed_rows: str = "reference"
+) -> dict:
     """Score one answer with `config.samples` judge requests; never raises for a bad answer or a failed endpoint.
 
     Args:
         client: a [`ChatCompletionsClient`] (anything with its `complete(messages, **params) -> str`).
-        config ([`JudgeConfig`]): samples and request parameters.
+        config ([`JudgeConfig`]): samples, request parameters and parsing.
         scorer (`str`): `"open"` or `"underemotion"`.
         row (`dict`): the benchmark row (`prompt`, `emotion`, `reference`).
         answer (`str`): the model's answer.
+        failed_rows (`str`, *optional*, defaults to `"reference"`): `"reference"`: a failed sample of UnderEmotion
+            counts 0 (URO-Bench), one of VoiceBench is left out (VoiceBench's script would stop); `"exclude"`: failed
+            samples are left out of both.
 
     Returns:
-        `dict` with `status` (`"ok"` or `"failed"`), `score` (the row's score on the benchmark's scale: mean of the
-        valid samples, x20 for UnderEmotion; `None` when failed), `judge_outputs` (raw answers), `judge_scores`
-        (parsed 1-5 or `None` each) and `reason` (why samples failed, or `None`).
+        `dict` with `status` (`"ok"`, or `"failed"` when no sample counts), `score` (the row's score on the
+        benchmark's scale: mean of the counted samples, x20 for UnderEmotion; `None` when failed), `judge_outputs`
+        (raw answers), `judge_scores` (parsed values, `None` for failed samples), `failed_samples`, `reason` (why
+        samples failed, or `None`) and `counted_as` (how failed samples were counted, or `None`).
     """
-    if scorer == "underemotion" and not answer.strip():
-        return {"status": "ok", "score": 0.0, "judge_outputs": [], "judge_scores": [], "reason": "empty answer: 0"}
+    if failed_rows not in FAILED_ROWS:
+        raise ValueError(f"failed_rows must be one of {FAILED_ROWS}, got {failed_rows!r}")
+    if scorer == "underemotion" and answer in URO_EMPTY_ANSWERS:
+        return {
+            "status": "ok",
+            "score": 0.0,
+            "judge_outputs": [],
+            "judge_scores": [],
+            "failed_samples": 0,
+            "reason": "empty answer: 0 (URO-Bench)",
+            "counted_as": None,
+        }
     messages = build_judge_messages(scorer, row, answer)
     outputs, scores, reasons = [], [], []
     for _ in range(config.samples):
@@ -232,15 +292,24 @@ def judge_row(client, config: JudgeConfig, scorer: str, row: dict, answer: str) 
             scores.append(None)
             reasons.append(f"judge request failed: {error}")
             continue
-        parsed = parse_judge_score(output)
+        parsed = parse_judge_score(output, scorer, config.parsing)
         outputs.append(output)
         scores.append(parsed.value)
         if parsed.reason:
             reasons.append(parsed.reason)
-    valid = [score for score in scores if score is not None]
-    reason = "; ".join(dict.fromkeys(reasons)) or None
-    if not valid:
-        return {"status": "failed", "score": None, "judge_outputs": outputs, "judge_scores": scores, "reason": reason}
-    mean = math.fsum(valid) / len(valid)
-    score = mean * UNDEREMOTION_SCALE if scorer == "underemotion" else mean
-    return {"status": "ok", "score": score, "judge_outputs": outputs, "judge_scores": scores, "reason": reason}
+    failed = sum(score is None for score in scores)
+    zero_failed = scorer == "underemotion" and failed_rows == "reference"
+    counted = (
+        [0.0 if score is None else score for score in scores] if zero_failed else [s for s in scores if s is not None]
+    )
+    record = {
+        "judge_outputs": outputs,
+        "judge_scores": scores,
+        "failed_samples": failed,
+        "reason": "; ".join(dict.fromkeys(reasons)) or None,
+        "counted_as": ("0 (URO-Bench)" if zero_failed else "left out") if failed else None,
+    }
+    if not counted:
+        return {"status": "failed", "score": None} | record
+    mean = math.fsum(counted) / len(counted)
+    return {"status": "ok", "score": mean * UNDEREMOTION_SCALE if scorer == "underemotion" else mean} | record

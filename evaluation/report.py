@@ -6,7 +6,14 @@ Kimi-Audio 4.46 / 3.97 / 61.10 / 4.20 / 59.22 / 76.96. The quoted header names t
 wildvoice / ifeval", but the third number is on IFEval's 0-100 scale and the fourth on the judges' 1-5 scale, and
 Kimi-Audio's public VoiceBench leaderboard row (github.com/MatthewCYM/VoiceBench README: AlpacaEval 4.46, CommonEval
 3.97, WildVoice 4.20, IFEval 61.10) confirms it: the numbers are AlpacaEval, CommonEval, IFEval, WildVoice, and this
-report keeps them in that order. UnderEmotion is URO-Bench's 0-100 score.
+report keeps them in that order. AlpacaEval is VoiceBench's leaderboard subset `alpacaeval_full`. UnderEmotion is
+URO-Bench's 0-100 score.
+
+Averaging follows each benchmark's code: VoiceBench's open-ended score is the mean of every judge answer of every row
+(`np.mean` over the flattened scores), URO-Bench's the mean of the row scores over all rows, IFEval the mean of its
+four accuracies. Under `failed_rows="exclude"` the open-ended score is the mean of the row means instead. Each column
+states its protocol: subset, what the judge read (and which ASR), the judge, and how many rows failed and how they
+were counted.
 """
 
 import csv
@@ -28,7 +35,7 @@ logger = logging.getLogger(__name__)
 
 PAPER_TABLE2: dict[str, dict[str, float]] = {
     "OpenS2S (paper)": {
-        "alpacaeval": 4.09,
+        "alpacaeval_full": 4.09,
         "commoneval": 3.65,
         "ifeval": 42.89,
         "wildvoice": 3.66,
@@ -36,7 +43,7 @@ PAPER_TABLE2: dict[str, dict[str, float]] = {
         "underemotion-zh": 67.68,
     },
     "Kimi-Audio (paper)": {
-        "alpacaeval": 4.46,
+        "alpacaeval_full": 4.46,
         "commoneval": 3.97,
         "ifeval": 61.10,
         "wildvoice": 4.20,
@@ -61,6 +68,8 @@ class BenchmarkSummary:
         value (`float`, *optional*): the benchmark score on its scale (`None` when nothing was scored).
         details (`dict`): IFEval's four accuracies, the most common failure reasons with counts.
         speech (`dict`, *optional*): metrics of the spoken answers (speech mode).
+        protocol (`dict`): how it was scored: `subset`, `judge_input`, `asr` (the ASR systems of the judged
+            transcripts), `judge`, `failed_rows` (the policy) and `failures` (`{how counted: rows}`).
     """
 
     name: str
@@ -73,25 +82,43 @@ class BenchmarkSummary:
     value: float | None
     details: dict = field(default_factory=dict)
     speech: dict | None = None
+    protocol: dict = field(default_factory=dict)
 
 
 def _mean(values: list[float]) -> float | None:
     return math.fsum(values) / len(values) if values else None
 
 
-def summarize_benchmark(spec: BenchmarkSpec, responses: list[dict], scores: list[dict]) -> BenchmarkSummary:
-    """Aggregate the per-row answers and scores of one benchmark (see [`BenchmarkSummary`])."""
+def _benchmark_value(scorer: str, ok: list[dict], failed_rows: str) -> tuple[float | None, dict]:
+    """The benchmark score from its counted rows, averaged as the benchmark's code does."""
+    if scorer == "ifeval":
+        accuracy = ifeval_accuracy([record["ifeval"] for record in ok]) if ok else None
+        return (accuracy["score"] if accuracy else None), {"ifeval": accuracy}
+    if scorer == "open" and failed_rows == "reference":  # VoiceBench: np.mean over all answers of all rows
+        return _mean([value for record in ok for value in record["judge_scores"] if value is not None]), {}
+    return _mean([record["score"] for record in ok]), {}
+
+
+def summarize_benchmark(
+    spec: BenchmarkSpec, responses: list[dict], scores: list[dict], protocol: dict | None = None
+) -> BenchmarkSummary:
+    """Aggregate the per-row answers and scores of one benchmark (see [`BenchmarkSummary`]).
+
+    Args:
+        spec ([`BenchmarkSpec`]): the benchmark.
+        responses (`list[dict]`) / scores (`list[dict]`): its rows' records (`responses.jsonl`, `scores.jsonl`).
+        protocol (`dict`, *optional*): `subset`, `judge_input`, `judge` and `failed_rows` (default `"reference"`)
+            of the run; the rows' ASR systems and failure counts are added.
+    """
+    protocol = {"failed_rows": "reference"} | (protocol or {})
     ok = [record for record in scores if record.get("status") == "ok"]
     failed = [record for record in scores if record.get("status") != "ok"]
-    details: dict = {}
-    if spec.scorer == "ifeval":
-        accuracy = ifeval_accuracy([record["ifeval"] for record in ok]) if ok else None
-        value = accuracy["score"] if accuracy else None
-        details["ifeval"] = accuracy
-    else:
-        value = _mean([record["score"] for record in ok])
-    reasons = Counter(str(record.get("reason"))[:160] for record in failed)
+    value, details = _benchmark_value(spec.scorer, ok, protocol["failed_rows"])
+    reasons = Counter(str(record.get("failure") or record.get("reason"))[:160] for record in failed)
     details["failure_reasons"] = dict(reasons.most_common(MAX_REASONS))
+    with_failure = [record for record in scores if record.get("failure") or record.get("status") != "ok"]
+    protocol["failures"] = dict(Counter(record.get("counted_as") or "left out" for record in with_failure))
+    protocol["asr"] = sorted({record["asr_system"] for record in responses if record.get("asr_system")})
     return BenchmarkSummary(
         name=spec.name,
         title=spec.title,
@@ -103,6 +130,7 @@ def summarize_benchmark(spec: BenchmarkSpec, responses: list[dict], scores: list
         value=value,
         details=details,
         speech=_speech_summary(responses, spec.language),
+        protocol=protocol,
     )
 
 
@@ -169,11 +197,11 @@ def format_report(summaries: list[BenchmarkSummary], model_name: str) -> str:
             lines.append(
                 f"\n{s.title}: prompt strict {_number(accuracy['prompt_strict'], 4)}, instruction strict "
                 f"{_number(accuracy['instruction_strict'], 4)}, prompt loose {_number(accuracy['prompt_loose'], 4)}, "
-                f"instruction loose {_number(accuracy['instruction_loose'], 4)}; unsupported instructions: "
-                f"{accuracy['unsupported']}"
+                f"instruction loose {_number(accuracy['instruction_loose'], 4)}"
             )
         for reason, count in s.details.get("failure_reasons", {}).items():
             lines.append(f"\n{s.title}: {count} failed: {reason}")
+    lines += _protocol_lines(summaries)
     spoken = [s for s in summaries if s.speech]
     if spoken:
         lines += ["", "## Spoken answers", "", "| Benchmark | with units | with audio | transcribed | mean units |"]
@@ -188,6 +216,24 @@ def format_report(summaries: list[BenchmarkSummary], model_name: str) -> str:
                 f"{_number(m['mean_speech_rate'])} {m['speech_rate_unit']} |"
             )
     return "\n".join(lines) + "\n"
+
+
+def _protocol_lines(summaries: list[BenchmarkSummary]) -> list[str]:
+    """The protocol table: per column, what was scored how, and how failed rows were counted."""
+    lines = [
+        "",
+        "## Protocol",
+        "",
+        "| Benchmark | subset | judge input | judge | rows with a failure: how counted |",
+        "|---|---|---|---|---|",
+    ]
+    for s in summaries:
+        p = s.protocol
+        judge_input = p.get("judge_input", "–") + (f" ({'; '.join(p['asr'])})" if p.get("asr") else "")
+        failures = "; ".join(f"{count}: {how}" for how, count in p.get("failures", {}).items()) or "none"
+        lines.append(f"| {s.title} | {p.get('subset', '–')} | {judge_input} | {p.get('judge', '–')} | {failures} |")
+    lines += ["", "Failed rows are counted as each benchmark's code counts them unless the run says `exclude`."]
+    return lines
 
 
 def write_report(summaries: list[BenchmarkSummary], output_dir: Path, model_name: str) -> Path:

@@ -10,9 +10,13 @@ Layout of `output_dir`:
     <benchmark>/audio/<id>.wav    spoken answers (speech mode with save_audio)
     report.md, report.csv, summary.json
 
-A row whose generation fails (unreadable audio, ...) is written with its `error` and scored as failed; a row whose
-score fails (judge output without a score, endpoint down) is written as failed with the reason. Neither stops the
-run; `retry_failed` scores the failed rows again.
+A row whose generation fails (unreadable audio, ...) is written with its `error`; a judge sample that fails (output
+without a score, endpoint down) is recorded with the reason. Neither stops the run. How they count follows each
+benchmark's own code by default (`failed_rows="reference"`): VoiceBench scores a failed generation as an empty answer
+(judged as such; for IFEval it follows no instruction), URO-Bench scores a failed generation, a missing transcript and
+a failed judge sample 0, all in the denominator; `failed_rows="exclude"` leaves them out of the means instead. Every
+score record says what failed (`failure`) and how it was counted (`counted_as`); `retry_failed` scores the rows with
+a failure again.
 """
 
 import copy
@@ -27,9 +31,15 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from opens2s.evaluation.benchmarks import TABLE2_BENCHMARKS, BenchmarkSpec, get_benchmark, load_benchmark
-from opens2s.evaluation.ifeval import evaluate_ifeval_row
-from opens2s.evaluation.judges import JudgeConfig, judge_row
+from opens2s.evaluation.benchmarks import (
+    DEFAULT_SOURCES,
+    TABLE2_BENCHMARKS,
+    BenchmarkSpec,
+    get_benchmark,
+    load_benchmark,
+)
+from opens2s.evaluation.ifeval import check_ifeval_reference, evaluate_ifeval_row
+from opens2s.evaluation.judges import FAILED_ROWS, JUDGE_PARSINGS, JudgeConfig, judge_row
 from opens2s.evaluation.speech_metrics import ASRFunction, speech_rate, text_speech_consistency
 from opens2s.processing.audio_io import load_audio
 from opens2s.processing.chat import conversation_inputs
@@ -41,8 +51,22 @@ logger = logging.getLogger(__name__)
 
 RESPONSES_FILE, SCORES_FILE, RUN_FILE = "responses.jsonl", "scores.jsonl", "run.json"
 MODES = ("text", "speech")
+JUDGE_INPUTS = ("reference", "text", "asr")
+# The judge input of each suite's own protocol: VoiceBench judges the text answer, URO-Bench the ASR transcript of
+# the spoken answer (`asr_for_eval.py`, then `mark.py --answer asr_text.jsonl`).
+REFERENCE_JUDGE_INPUTS = {"voicebench": "text", "uro-bench": "asr"}
 # Settings that change answers or scores: a re-run into the same folder must keep them.
-_RUN_KEYS = ("model", "mode", "max_new_tokens", "speech_max_new_tokens", "greedy", "seed", "speech_prompt")
+_RUN_KEYS = (
+    "model",
+    "mode",
+    "max_new_tokens",
+    "speech_max_new_tokens",
+    "greedy",
+    "seed",
+    "speech_prompt",
+    "judge_input",
+    "failed_rows",
+)
 _GENERATION_ERRORS = (ValueError, RuntimeError, OSError)
 
 
@@ -57,8 +81,10 @@ class EvalConfig:
         model_name (`str`, *optional*): the report's row label (default: `model`).
         token2wav (`str`, *optional*): token2wav folder or Hub id (default: `model`'s `token2wav/` when present).
         device (`str`, *optional*, defaults to `"cpu"`) / dtype (`str`, *optional*, defaults to `"float32"`).
-        mode (`str`, *optional*, defaults to `"text"`): `"text"` (speech in -> text out, what Table 2 scores,
-            batched) or `"speech"` (also the spoken answer: units, audio, ASR, WER/CER, speech rate; row by row).
+        mode (`str`, *optional*, defaults to `"text"`): `"text"` (speech in -> text out, batched; what VoiceBench
+            scores) or `"speech"` (also the spoken answer: units, audio, ASR, WER/CER, speech rate; row by row).
+            A benchmark judged on the ASR of the spoken answer (UnderEmotion by default) is answered in speech mode
+            whatever this says.
         batch_size (`int`, *optional*, defaults to 1): rows per `generate` call in text mode. Larger batches are
             faster but left-pad shorter audios, which moves their answers slightly (the audio adapter's convolutions
             see encoder frames past the end of a shorter audio); 1 gives each row's unbatched answer.
@@ -73,9 +99,13 @@ class EvalConfig:
         sources (`dict[str, str]`, *optional*): per suite (`"voicebench"`, `"uro-bench"`) a Hub id or local mirror.
         judge ([`JudgeConfig`], *optional*): the LLM judge; required by judge-scored benchmarks.
         judge_workers (`int`, *optional*, defaults to 4): judge requests in flight.
-        judge_input (`str`, *optional*, defaults to `"text"`): judge the text answer, or `"asr"` the transcript of
-            the spoken answer (URO-Bench's own protocol; speech mode only).
-        asr_model (`str`, *optional*, defaults to `"openai/whisper-large-v3"`): Whisper checkpoint of speech mode.
+        judge_input (`str`, *optional*, defaults to `"reference"`): what the judge reads: `"reference"` is each
+            benchmark's own choice (VoiceBench: the text answer; URO-Bench UnderEmotion: the ASR transcript of the
+            spoken answer); `"text"` or `"asr"` force one for all.
+        failed_rows (`str`, *optional*, defaults to `"reference"`): how failed generations and judge samples count:
+            as each benchmark's code counts them, or `"exclude"`: left out of the means (see the module docstring).
+        asr_model (`str`, *optional*, defaults to `"openai/whisper-large-v3"`): Whisper checkpoint of the ASR
+            (URO-Bench's; Chinese uses paraformer-zh where it can be loaded, see [`UroBenchASR`]).
         asr_batch_size (`int`, *optional*, defaults to 8): waveforms per ASR forward pass.
         save_audio (`bool`, *optional*, defaults to `False`): write spoken answers as wav files.
         retry_failed (`bool`, *optional*, defaults to `False`): score rows that failed before again.
@@ -99,7 +129,8 @@ class EvalConfig:
     sources: dict[str, str] = field(default_factory=dict)
     judge: JudgeConfig | None = None
     judge_workers: int = 4
-    judge_input: str = "text"
+    judge_input: str = "reference"
+    failed_rows: str = "reference"
     asr_model: str = "openai/whisper-large-v3"
     asr_batch_size: int = 8
     save_audio: bool = False
@@ -110,8 +141,12 @@ class EvalConfig:
         specs = [get_benchmark(name) for name in self.benchmarks]
         if self.mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
-        if self.judge_input not in ("text", "asr") or (self.judge_input == "asr" and self.mode != "speech"):
-            raise ValueError("judge_input must be 'text', or 'asr' in speech mode")
+        if self.judge_input not in JUDGE_INPUTS:
+            raise ValueError(f"judge_input must be one of {JUDGE_INPUTS}, got {self.judge_input!r}")
+        if self.failed_rows not in FAILED_ROWS:
+            raise ValueError(f"failed_rows must be one of {FAILED_ROWS}, got {self.failed_rows!r}")
+        if self.judge is not None and self.judge.parsing not in JUDGE_PARSINGS:
+            raise ValueError(f"judge parsing must be one of {JUDGE_PARSINGS}, got {self.judge.parsing!r}")
         counts = (self.batch_size, self.limit or 1, self.judge_workers, self.judge.samples if self.judge else 1)
         if min(counts) < 1:
             raise ValueError("batch_size, limit, judge_workers and judge samples must be >= 1")
@@ -128,8 +163,16 @@ class EvalConfig:
         settings = {key: getattr(self, key) for key in _RUN_KEYS}
         settings["judge_model"] = self.judge.model if self.judge else None
         settings["judge_samples"] = self.judge.samples if self.judge else None
-        settings["judge_input"] = self.judge_input
+        settings["judge_parsing"] = self.judge.parsing if self.judge else None
         return settings
+
+    def judge_input_of(self, spec: BenchmarkSpec) -> str:
+        """`"text"` or `"asr"`: what the judge (or the IFEval checker) reads for `spec`."""
+        return REFERENCE_JUDGE_INPUTS[spec.suite] if self.judge_input == "reference" else self.judge_input
+
+    def speech_output(self, spec: BenchmarkSpec) -> bool:
+        """Whether `spec`'s rows are answered in speech (speech mode, or a judge that reads the ASR transcript)."""
+        return self.mode == "speech" or self.judge_input_of(spec) == "asr"
 
 
 # ---------------------------------------------------------------- jsonl
@@ -268,9 +311,11 @@ def _add_speech_metrics(records: list[dict], audios: list, rate: int | None, spe
         for index in spoken:
             records[index]["asr_error"] = str(error)
         return
+    system = asr.system(spec.language) if hasattr(asr, "system") else type(asr).__name__
     for index, transcript in zip(spoken, transcripts, strict=True):
         record = records[index]
         record["asr"] = transcript
+        record["asr_system"] = system
         record["consistency"] = text_speech_consistency(record["response"], transcript, spec.language)
         record["speech_rate"] = speech_rate(transcript, record["audio_seconds"], spec.language)
 
@@ -287,7 +332,7 @@ def _answer_rows(speech_model, rows: list[dict], spec: BenchmarkSpec, config: Ev
             records[-1]["error"] = f"audio: {error}"
             waveforms.append(None)
     ready = [index for index, wave in enumerate(waveforms) if wave is not None]
-    if config.mode == "text":
+    if not config.speech_output(spec):
         groups = [ready] if len(ready) > 1 else [[index] for index in ready]
         for group in groups:
             try:
@@ -329,7 +374,7 @@ def generate_responses(speech_model, dataset, spec: BenchmarkSpec, folder: Path,
     todo = [index for index, row_id in enumerate(dataset["id"]) if row_id not in done]
     if not todo:
         return done
-    batch_size = config.batch_size if config.mode == "text" else max(1, config.asr_batch_size)
+    batch_size = max(1, config.asr_batch_size) if config.speech_output(spec) else config.batch_size
     with _open_for_append(path) as out, tqdm(total=len(todo), desc=f"{spec.name}: answers", unit="row") as bar:
         for start in range(0, len(todo), batch_size):
             rows = dataset.select(todo[start : start + batch_size]).to_list()
@@ -341,31 +386,78 @@ def generate_responses(speech_model, dataset, spec: BenchmarkSpec, folder: Path,
 
 
 # ---------------------------------------------------------------- scoring
+# How a failed generation (or a missing transcript) counts under each suite's own code, per scorer.
+_REFERENCE_FAILURE_COUNTS = {
+    "open": "judged as an empty answer (VoiceBench)",
+    "ifeval": "an empty answer: no instruction followed (VoiceBench)",
+    "underemotion": "0 (URO-Bench)",
+}
+
+
+def _answer_failure(response: dict, judge_input: str) -> str | None:
+    if "error" in response:
+        return f"generation failed: {response['error']}"
+    if judge_input == "asr" and response.get("asr") is None:
+        why = response.get("asr_error") or response.get("speech_note") or "no spoken answer"
+        return f"no ASR transcript of the spoken answer ({why})"
+    return None
+
+
 def _score_row(spec: BenchmarkSpec, row: dict, response: dict, config: EvalConfig, client) -> dict:
     record = {"id": row["id"], "prompt": row["prompt"], "response": response.get("response")}
-    if "error" in response:
-        return record | {"status": "failed", "score": None, "reason": f"generation failed: {response['error']}"}
-    answer = response.get("asr") if config.judge_input == "asr" else response["response"]
-    if answer is None:
-        return record | {"status": "failed", "score": None, "reason": "no ASR transcript of the spoken answer"}
+    judge_input = config.judge_input_of(spec)
+    failure = answer_failure = _answer_failure(response, judge_input)
+    if failure is not None and config.failed_rows == "exclude":
+        return record | {
+            "status": "failed",
+            "score": None,
+            "reason": failure,
+            "failure": failure,
+            "counted_as": "left out",
+        }
+    if answer_failure is not None:
+        answer = ""  # VoiceBench: the empty answer; URO-Bench: no audio file -> " " -> [0, 0, 0]
+    else:
+        answer = response["asr"] if judge_input == "asr" else response["response"]
     if spec.scorer == "ifeval":
-        result = evaluate_ifeval_row(answer, row["instruction_id_list"], json.loads(row["kwargs"]), row["prompt"])
-        if all(value is None for value in result.strict):
-            reason = "; ".join(f"{key}: {value}" for key, value in result.unsupported.items())
-            return record | {"status": "failed", "score": None, "reason": reason, "ifeval": result.to_dict()}
-        followed_all = all(value for value in result.strict if value is not None)
-        reason = "; ".join(f"{key}: {value}" for key, value in result.unsupported.items()) or None
-        return record | {"status": "ok", "score": 100.0 * followed_all, "reason": reason, "ifeval": result.to_dict()}
-    return record | judge_row(client, config.judge, spec.scorer, row, answer)
+        try:
+            result = evaluate_ifeval_row(answer, row["instruction_id_list"], json.loads(row["kwargs"]), row["prompt"])
+        except (KeyError, ValueError, TypeError) as error:  # an id or argument the reference checker rejects
+            reason = f"IFEval reference checker: {type(error).__name__}: {error}"
+            return record | {
+                "status": "failed",
+                "score": None,
+                "reason": reason,
+                "failure": reason,
+                "counted_as": "left out",
+            }
+        scored = {"status": "ok", "score": 100.0 * all(result["strict"]), "reason": None, "ifeval": result}
+    else:
+        scored = judge_row(client, config.judge, spec.scorer, row, answer, config.failed_rows)
+        if scored["failed_samples"]:
+            samples = f"{scored['failed_samples']} of {config.judge.samples} judge samples failed: {scored['reason']}"
+            failure = "; ".join(filter(None, [failure, samples]))
+    if failure is None:
+        return record | scored | {"failure": None}
+    if scored["status"] != "ok":
+        counted_as = "left out"
+    else:
+        counted = [_REFERENCE_FAILURE_COUNTS[spec.scorer] if answer_failure else None, scored.get("counted_as")]
+        counted_as = "; ".join(filter(None, counted))
+    return record | scored | {"failure": failure, "counted_as": counted_as}
 
 
 def score_responses(dataset, spec: BenchmarkSpec, folder: Path, responses: dict, config: EvalConfig, client=None):
-    """Score the answered rows of `dataset` not yet in `folder/scores.jsonl` (failed ones too with
+    """Score the answered rows of `dataset` not yet in `folder/scores.jsonl` (those with a failure too with
     `retry_failed`); judge requests run `config.judge_workers` at a time. Returns all scores by id."""
     path = folder / SCORES_FILE
     done = read_jsonl(path)
     if config.retry_failed:
-        done = {row_id: record for row_id, record in done.items() if record.get("status") == "ok"}
+        done = {
+            row_id: record
+            for row_id, record in done.items()
+            if record.get("status") == "ok" and not record.get("failure")
+        }
     meta = dataset.remove_columns("audio")
     todo = [row for row in meta.to_list() if row["id"] not in done and row["id"] in responses]
     if not todo:
@@ -404,6 +496,46 @@ def _check_run_settings(config: EvalConfig) -> None:
     path.write_text(json.dumps(settings, indent=2))
 
 
+def _protocol(spec: BenchmarkSpec, config: EvalConfig, rows: int) -> dict:
+    """What the report states about how `spec` was scored (the ASR used is read from the answers)."""
+    from importlib.metadata import version
+
+    judge_input = config.judge_input_of(spec)
+    read = "the text answer" if judge_input == "text" else "the ASR transcript of the spoken answer"
+    if judge_input != REFERENCE_JUDGE_INPUTS[spec.suite]:
+        read += f" (NOT {spec.suite}'s own: {REFERENCE_JUDGE_INPUTS[spec.suite]})"
+    if spec.scorer == "ifeval":
+        judge = f"IFEval reference checker, lm-eval {version('lm_eval')} (random and langdetect seeded)"
+    else:
+        params = config.judge.params
+        judge = (
+            f"{config.judge.model}, {config.judge.samples} samples, temperature {params.get('temperature')}, "
+            f"top_p {params.get('top_p')}, {config.judge.parsing} parsing"
+        )
+    source = config.sources.get(spec.suite) or DEFAULT_SOURCES[spec.suite]
+    return {
+        "subset": f"{source} {spec.subset} ({spec.split}, {rows} rows)",
+        "judge_input": read,
+        "judge": judge,
+        "failed_rows": config.failed_rows,
+    }
+
+
+def _check_prerequisites(specs: list[BenchmarkSpec], config: EvalConfig, speech_model) -> None:
+    """Stop before any answer when a benchmark cannot be scored by its protocol (`ValueError` saying why)."""
+    if any(spec.scorer == "ifeval" for spec in specs):
+        try:
+            check_ifeval_reference()
+        except (ImportError, LookupError) as error:
+            raise ValueError(str(error)) from error
+    heard = [spec.name for spec in specs if config.judge_input_of(spec) == "asr"]
+    if heard and not speech_model.speaks:
+        raise ValueError(
+            f"{', '.join(heard)}: the judge reads the ASR transcript of the spoken answer, but the model has no "
+            "token2wav decoder; pass --token2wav, or --judge-input text (not URO-Bench's protocol)"
+        )
+
+
 def run_evaluation(config: EvalConfig, speech_model=None, asr: ASRFunction | None = None) -> list:
     """Answer, score and report every benchmark of `config`; returns the [`BenchmarkSummary`] list (also written as
     `report.md`, `report.csv`, `summary.json`).
@@ -411,8 +543,8 @@ def run_evaluation(config: EvalConfig, speech_model=None, asr: ASRFunction | Non
     Args:
         config ([`EvalConfig`]): what to run.
         speech_model ([`SpeechModel`], *optional*): an already loaded model (default: load `config.model`).
-        asr ([`ASRFunction`], *optional*): the transcriber of speech mode (default: [`WhisperASR`] of
-            `config.asr_model`, built when the model speaks).
+        asr ([`ASRFunction`], *optional*): the transcriber of spoken answers (default: [`UroBenchASR`] of
+            `config.asr_model`, built when a benchmark is answered in speech and the model speaks).
     """
     from opens2s.evaluation.report import summarize_benchmark, write_report
 
@@ -422,11 +554,12 @@ def run_evaluation(config: EvalConfig, speech_model=None, asr: ASRFunction | Non
         from opens2s.processing.chat import load_speech_model
 
         speech_model = load_speech_model(config.model, config.device, config.dtype, token2wav=config.token2wav)
-    if config.mode == "speech" and asr is None and speech_model.speaks:
-        from opens2s.evaluation.speech_metrics import WhisperASR
+    _check_prerequisites(specs, config, speech_model)
+    if asr is None and speech_model.speaks and any(config.speech_output(spec) for spec in specs):
+        from opens2s.evaluation.speech_metrics import UroBenchASR
 
         asr_dtype = "float32" if torch.device(config.device).type == "cpu" else "float16"
-        asr = WhisperASR(config.asr_model, config.device, asr_dtype, batch_size=config.asr_batch_size)
+        asr = UroBenchASR(config.asr_model, config.device, asr_dtype, batch_size=config.asr_batch_size)
     summaries = []
     for spec in specs:
         dataset = load_benchmark(spec, config.sources.get(spec.suite), limit=config.limit)
@@ -434,7 +567,8 @@ def run_evaluation(config: EvalConfig, speech_model=None, asr: ASRFunction | Non
         responses = generate_responses(speech_model, dataset, spec, folder, config, asr)
         scores = score_responses(dataset, spec, folder, responses, config)
         ids = dataset["id"]
-        summaries.append(summarize_benchmark(spec, _select(responses, ids), _select(scores, ids)))
+        protocol = _protocol(spec, config, len(dataset))
+        summaries.append(summarize_benchmark(spec, _select(responses, ids), _select(scores, ids), protocol))
     write_report(summaries, config.output_dir, model_name=config.model_name or config.model or "tiny random model")
     return summaries
 
