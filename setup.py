@@ -21,7 +21,8 @@ extras = {
     "train": ["trl>=1.16", "peft>=0.21", "accelerate>=1.15", "datasets>=5.2"],
     "space": ["gradio>=6.31"],
     "data": ["datasets>=5.2"],
-    "eval": ["datasets>=5.2", "jiwer>=4.0", "langdetect>=1.0.9"],
+    # IFEval is scored by its reference implementation, lm-eval's (its `ifeval` extra: nltk, langdetect, immutabledict).
+    "eval": ["datasets>=5.2", "jiwer>=4.0", "langdetect>=1.0.9", "lm-eval[ifeval]>=0.4.13"],
     "test": [
         "pytest>=8",
         "datasets>=5.2",
@@ -30,6 +31,7 @@ extras = {
         "accelerate>=1.15",
         "jiwer>=4.0",
         "langdetect>=1.0.9",
+        "lm-eval[ifeval]>=0.4.13",
         "gradio>=6.31",
         "playwright>=1.49",
     ],
