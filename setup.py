@@ -15,6 +15,7 @@ SUBPACKAGES = [
     "spaces_app",
     "dataset_scripts",
     "evaluation",
+    "serving",
 ]
 
 extras = {
@@ -23,6 +24,8 @@ extras = {
     "data": ["datasets>=5.2"],
     # IFEval is scored by its reference implementation, lm-eval's (its `ifeval` extra: nltk, langdetect, immutabledict).
     "eval": ["datasets>=5.2", "jiwer>=4.0", "langdetect>=1.0.9", "lm-eval[ifeval]>=0.4.13"],
+    "serve": ["fastapi>=0.110", "uvicorn>=0.29", "websockets>=12", "silero-vad>=5.1"],
+    "ray": ["ray[serve]>=2.40", "fastapi>=0.110", "uvicorn>=0.29", "websockets>=12"],
     "test": [
         "pytest>=8",
         "datasets>=5.2",
@@ -34,6 +37,13 @@ extras = {
         "lm-eval[ifeval]>=0.4.13",
         "gradio>=6.31",
         "playwright>=1.49",
+        "fastapi>=0.110",
+        "uvicorn>=0.29",
+        "websockets>=12",
+        "openai>=1.40",
+        "httpx>=0.27",
+        "silero-vad>=5.1",
+        "ray[serve]>=2.40",
     ],
 }
 
