@@ -6,6 +6,7 @@
     opens2s eval --out DIR [--benchmarks NAME...] [--model ID_OR_FOLDER] [--mode text|speech] [--judge-base-url URL]
     opens2s data STAGE|all|status --workdir DIR [--seed-data SEEDS] [--llm openai --llm-model NAME] [--tts espeak] ...
     opens2s space [--model ID_OR_FOLDER] [--port 7860] [--max-units 40] [--concurrency-limit 2] [--threads N]
+    opens2s serve [--model ID_OR_FOLDER] [--port 8000] [--api-key KEY] [--max-active 8] [--ray --replicas N]
     opens2s tiny [DST] [--seed 0]
     opens2s train --stage STAGE --model ID_OR_FOLDER --data DATA [--lora] [-- TRAINING_ARGS...]
     opens2s units IN... --out units.jsonl [--model ID_OR_FOLDER] [--batch-size 16] [--device cpu] [--dtype float32]
@@ -315,6 +316,18 @@ def _run_space(args: argparse.Namespace) -> int:
     return run(args)
 
 
+def _add_serve_arguments(parser: argparse.ArgumentParser) -> None:
+    from opens2s.serving.command import add_arguments  # argparse only: fastapi, torch and ray load in `run`
+
+    add_arguments(parser)
+
+
+def _run_serve(args: argparse.Namespace) -> int:
+    from opens2s.serving.command import run
+
+    return run(args)
+
+
 COMMANDS: dict[str, Command] = {
     "chat": Command(
         "one spoken turn: stream the text reply, write the spoken reply, print latency and real-time factor",
@@ -340,6 +353,11 @@ COMMANDS: dict[str, Command] = {
         "evaluate on VoiceBench and URO-Bench UnderEmotion (the paper's Table 2) with their judges; resumable",
         _add_eval_arguments,
         _run_eval,
+    ),
+    "serve": Command(
+        "serve the model over an OpenAI-compatible API (chat completions with audio, realtime WebSocket, metrics)",
+        _add_serve_arguments,
+        _run_serve,
     ),
     "space": Command(
         "serve the Gradio app (also a ready Hugging Face Space): ask by voice, streaming text and speech answers",
