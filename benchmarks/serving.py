@@ -1,0 +1,196 @@
+"""Serving many conversations: `OpenS2SEngine` (one loop, continuous batching) against the same conversations one
+after another (`model.stream`, one at a time).
+
+Run from the repository root (nothing is downloaded; random weights):
+
+    python -m benchmarks.serving                                # CPU, mid size (LLM 1024 x 12, decoder 768 x 8)
+    python -m benchmarks.serving --size tiny --conversations 1 2 --text-tokens 8 --units 24   # smoke run
+    python -m benchmarks.serving --size full --device cuda --conversations 1 8 32            # a GPU, bf16
+
+Options: `--text-tokens 32 --units 80` (each conversation writes exactly these: greedy, EOS suppressed),
+`--stagger 3` (conversation i arrives at engine step 3 i), `--threads N` (torch CPU threads; printed), `--seed`.
+
+Each conversation has its own prompt (`benchmarks.streaming.build_inputs` with seed i) and speaks through a token2wav
+decoder (tiny dims on CPU, the full GLM-4-Voice dims with `--size full`); every decoder id below the EOS is a unit.
+
+Printed, per number of conversations N, for `engine` (all N submitted at staggered steps, one loop) and `sequential`
+(the N run one after another): aggregate units/s (all units / wall seconds from the first arrival to the last
+answer), first unit and first audio latency p50 / p95 (seconds from a conversation's arrival; for `sequential` from
+its own start, i.e. a solo run), and the engine's peak key/value cache memory per conversation (MB; on CUDA the peak
+allocated memory per added conversation). Goal on CPU: N=8 engine >= 4x the sequential units/s, first-unit p95 <= 2x
+solo.
+"""
+
+import argparse
+import statistics
+import time
+from types import SimpleNamespace
+
+import torch
+from transformers.utils import logging as hf_logging
+
+from benchmarks import token2wav as token2wav_benchmark
+from benchmarks.streaming import SIZES, build_inputs, build_model, generation_configs
+from opens2s.conversion.tiny import build_tiny_token2wav_config
+from opens2s.modeling_opens2s.engine_opens2s import OpenS2SEngine
+from opens2s.modeling_opens2s.modeling_token2wav import OpenS2SToken2Wav
+
+
+__all__ = ["main", "run_engine", "run_sequential"]
+
+GOAL_SPEEDUP = 4.0
+GOAL_FIRST_UNIT_P95 = 2.0
+
+
+def attach_speech(model, size: str, device: str, dtype: torch.dtype) -> SimpleNamespace:
+    """Attach a token2wav whose units are decoder ids `[offset, offset + count)`; returns that unit range."""
+    decoder_vocab = model.config.speech_decoder_config.vocab_size
+    if size == "full":
+        token2wav = token2wav_benchmark.build_model("full", torch.device(device), dtype, seed=0)
+    else:
+        config = build_tiny_token2wav_config(num_units=decoder_vocab)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            token2wav = OpenS2SToken2Wav(config).to(device=device, dtype=dtype).eval()
+    model.attach_token2wav(token2wav)
+    count = token2wav.config.vocab_size
+    return SimpleNamespace(unit_token_offset=decoder_vocab - count, num_units=count)
+
+
+def _cache_bytes(engine: OpenS2SEngine) -> int:
+    total = 0
+    for conversation in engine.active:
+        for state in (conversation.interleaver.text, conversation.interleaver.speech):
+            for layer in state.cache.layers:
+                if getattr(layer, "keys", None) is not None:
+                    total += layer.keys.numel() * layer.keys.element_size() * 2
+    return total
+
+
+def _percentile(values: list[float], q: float) -> float:
+    values = sorted(values)
+    return values[min(len(values) - 1, round(q * (len(values) - 1)))]
+
+
+def _summary(name: str, units: int, seconds: float, stats: list, memory_mb: float | None) -> dict:
+    first_units = [s.time_to_first_units for s in stats]
+    first_audio = [s.time_to_first_audio for s in stats if s.time_to_first_audio is not None]
+    return {
+        "name": name,
+        "units_per_s": units / seconds,
+        "unit_p50": statistics.median(first_units),
+        "unit_p95": _percentile(first_units, 0.95),
+        "audio_p50": statistics.median(first_audio) if first_audio else float("nan"),
+        "audio_p95": _percentile(first_audio, 0.95) if first_audio else float("nan"),
+        "memory_mb": memory_mb,
+    }
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def run_engine(model, prompts: list[dict], kwargs: dict, stagger: int) -> dict:
+    """All conversations through one engine, conversation i submitted at step `stagger * i`."""
+    engine = OpenS2SEngine(model, max_active=len(prompts), max_queued=0)
+    device = model.device
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        base = torch.cuda.memory_allocated(device)
+    conversations, peak_cache, step = [], 0, 0
+    start = time.perf_counter()
+    while len(conversations) < len(prompts) or engine.stats()["active"] or engine.stats()["queued"]:
+        if len(conversations) < len(prompts) and step == stagger * len(conversations):
+            conversations.append(engine.submit(prompts[len(conversations)], **kwargs))
+            continue
+        engine.step()
+        peak_cache = max(peak_cache, _cache_bytes(engine))
+        step += 1
+    _sync(device)
+    seconds = time.perf_counter() - start
+    stats = [next(event for event in conversation if event.kind == "done").stats for conversation in conversations]
+    if device.type == "cuda":
+        memory_mb = (torch.cuda.max_memory_allocated(device) - base) / len(prompts) / 2**20
+    else:
+        memory_mb = peak_cache / len(prompts) / 2**20
+    units = sum(s.num_speech_tokens for s in stats)
+    return _summary("engine", units, seconds, stats, memory_mb)
+
+
+def run_sequential(model, prompts: list[dict], kwargs: dict) -> dict:
+    """The same conversations one after another, each `model.stream` alone."""
+    start, stats = time.perf_counter(), []
+    for prompt in prompts:
+        events = list(model.stream(**prompt, **kwargs))
+        stats.append(events[-1].stats)
+    _sync(model.device)
+    seconds = time.perf_counter() - start
+    return _summary("sequential", sum(s.num_speech_tokens for s in stats), seconds, stats, None)
+
+
+def _row(counts: int, result: dict) -> str:
+    memory = f"{result['memory_mb']:10.2f}" if result["memory_mb"] is not None else f"{'-':>10}"
+    return (
+        f"{counts:>3} {result['name']:<11}{result['units_per_s']:>9.1f}{result['unit_p50']:>9.2f}"
+        f"{result['unit_p95']:>9.2f}{result['audio_p50']:>9.2f}{result['audio_p95']:>9.2f}{memory}"
+    )
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size", choices=sorted(SIZES), default="mid")
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    parser.add_argument("--conversations", type=int, nargs="+", default=None, help="default 1 2 4 8 (cuda: 1 8 32)")
+    parser.add_argument("--text-tokens", type=int, default=32)
+    parser.add_argument("--units", type=int, default=80)
+    parser.add_argument("--stagger", type=int, default=3, help="engine steps between two arrivals")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--seed", type=int, default=0)
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    hf_logging.set_verbosity_error()
+    dtype = torch.bfloat16 if args.device == "cuda" else torch.float32
+    size = args.size if args.device == "cpu" or args.size != "mid" else "full"
+    counts = args.conversations or ([1, 8, 32] if args.device == "cuda" else [1, 2, 4, 8])
+    model = build_model(size, args.device, dtype, seed=args.seed)
+    unit_range = attach_speech(model, size, args.device, dtype)
+    text_config, speech_config = generation_configs(model, args.text_tokens, args.units)
+    kwargs = {
+        "generation_config": text_config,
+        "speech_generation_config": speech_config,
+        "unit_tokenizer": unit_range,
+        "seed": args.seed,
+    }
+    text, decoder = model.config.text_config, model.config.speech_decoder_config
+    print(
+        f"size {size} on {args.device} ({dtype}), {torch.get_num_threads()} threads: LLM {text.hidden_size} x "
+        f"{text.num_hidden_layers}, decoder {decoder.hidden_size} x {decoder.num_hidden_layers}; "
+        f"{args.text_tokens} text tokens and {args.units} units per conversation, arrivals every {args.stagger} steps"
+    )
+    prompts_all = [build_inputs(model, seed=args.seed + index) for index in range(max(counts))]
+    list(model.stream(**prompts_all[0], **kwargs))  # warm-up
+    print(
+        f"{'N':>3} {'mode':<11}{'units/s':>9}{'unit p50':>9}{'unit p95':>9}{'aud p50':>9}{'aud p95':>9}{'MB/conv':>10}"
+    )
+    solo = run_sequential(model, prompts_all[:1], kwargs)
+    for count in counts:
+        prompts = prompts_all[:count]
+        engine = run_engine(model, prompts, kwargs, args.stagger)
+        sequential = solo if count == 1 else run_sequential(model, prompts, kwargs)
+        print(_row(count, engine))
+        print(_row(count, sequential))
+        print(
+            f"{count:>3} engine/seq  {engine['units_per_s'] / sequential['units_per_s']:>8.2f}x units/s, "
+            f"first-unit p95 {engine['unit_p95'] / solo['unit_p95']:.2f}x solo "
+            f"(goal at 8 on CPU: >= {GOAL_SPEEDUP}x, <= {GOAL_FIRST_UNIT_P95}x)"
+        )
+
+
+if __name__ == "__main__":
+    main()
