@@ -46,7 +46,7 @@ import torch
 from opens2s.conversion.tiny import build_tiny_token2wav_config
 from opens2s.modeling_opens2s.configuration_token2wav import OpenS2SToken2WavConfig
 from opens2s.modeling_opens2s.modeling_token2wav import OpenS2SToken2Wav
-from opens2s.modeling_opens2s.streaming_token2wav import ORIGINAL_CHUNK_UNITS, BlockStream, OriginalStream
+from opens2s.modeling_opens2s.modeling_token2wav_streaming import ORIGINAL_CHUNK_UNITS, BlockStream, OriginalStream
 
 
 __all__ = ["Run", "build_model", "check_samples", "main", "run_offline", "run_stream"]
@@ -229,6 +229,7 @@ def main(argv: list[str] | None = None) -> dict[str, Run]:
     device = torch.device(args.device)
     model = build_model(args.size, device, getattr(torch, args.dtype), args.seed)
     config = model.config
+    block = config.flow_config.encoder_block_size
     units = torch.randint(0, config.vocab_size, (args.units,), generator=torch.Generator().manual_seed(args.seed))
     units = units.tolist()
     audio_s = model.flow.num_frames(args.units) * config.hop_length / config.sampling_rate
@@ -236,12 +237,10 @@ def main(argv: list[str] | None = None) -> dict[str, Run]:
     print(
         f"token2wav {args.size}: {params:.1f}M parameters, {args.device} {args.dtype}, {torch.get_num_threads()} "
         f"threads; {args.units} units = {audio_s:.2f} s of audio; ours: first chunk "
-        f"{config.stream_first_chunk_blocks * config.encoder_block_size} units, then "
-        f"{config.stream_chunk_blocks * config.encoder_block_size}, left context "
-        f"{config.stream_left_context_blocks * config.encoder_block_size}; original: {ORIGINAL_CHUNK_UNITS}-unit "
-        "calls, whole history"
+        f"{config.stream_first_chunk_blocks * block} units, then {config.stream_chunk_blocks * block}, left context "
+        f"{config.stream_left_context_blocks * block}; original: {ORIGINAL_CHUNK_UNITS}-unit calls, whole history"
     )
-    run_offline(model, units[: config.encoder_block_size], args.seed)  # warm-up
+    run_offline(model, units[:block], args.seed)  # warm-up
     offline = run_offline(model, units, args.seed)
     stream, session = run_stream(model, units, "blocks", args.seed)
     original = None if args.skip_original else run_stream(model, units, "original", args.seed)[0]

@@ -36,10 +36,10 @@ REMOTE_CODE_FILES = [
 TOKEN2WAV_REMOTE_CODE_FILES = [
     "configuration_token2wav.py",
     "modeling_token2wav.py",
-    "streaming_token2wav.py",
-    "modeling_flow_encoder.py",
-    "modeling_flow_matching.py",
-    "modeling_hift.py",
+    "modeling_token2wav_streaming.py",
+    "modeling_token2wav_flow_encoder.py",
+    "modeling_token2wav_flow.py",
+    "modeling_token2wav_hift.py",
 ]
 
 

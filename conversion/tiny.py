@@ -41,7 +41,7 @@ __all__ = [
 logger = logging.get_logger(__name__)
 
 # Bump the folder name whenever the build changes, so caches of an older build are not reused.
-TINY_MODEL_DIR = Path(os.environ.get("OPENS2S_CACHE", "~/.cache/opens2s")).expanduser() / "tiny-v5"
+TINY_MODEL_DIR = Path(os.environ.get("OPENS2S_CACHE", "~/.cache/opens2s")).expanduser() / "tiny-v6"
 
 # The BPE training text. Changing it changes the vocabulary, hence every weight shape: bump TINY_MODEL_DIR.
 CORPUS = (
@@ -213,19 +213,20 @@ def build_tiny_model(output_dir: str | Path | None = None, seed: int = 0) -> Pat
 def build_tiny_token2wav_config(num_units: int = NUM_UNITS) -> OpenS2SToken2WavConfig:
     """The real token2wav architecture at toy width (the sizes of the parity fixture's decoder)."""
     return OpenS2SToken2WavConfig(
-        vocab_size=num_units,
-        token_embedding_dim=64,
-        encoder_hidden_size=64,
-        encoder_num_heads=4,
-        encoder_ffn_dim=128,
-        encoder_num_layers=2,
-        estimator_channels=[32, 32],
-        estimator_attention_head_dim=16,
-        estimator_num_heads=2,
-        estimator_num_blocks=1,
-        estimator_num_mid_blocks=2,
-        hift_base_channels=32,
-        hift_f0_cond_channels=32,
+        flow_config={
+            "vocab_size": num_units,
+            "token_embedding_dim": 64,
+            "encoder_hidden_size": 64,
+            "encoder_num_heads": 4,
+            "encoder_ffn_dim": 128,
+            "encoder_num_layers": 2,
+            "estimator_channels": [32, 32],
+            "estimator_attention_head_dim": 16,
+            "estimator_num_heads": 2,
+            "estimator_num_blocks": 1,
+            "estimator_num_mid_blocks": 2,
+        },
+        hift_config={"base_channels": 32, "f0_cond_channels": 32},
     )
 
 
@@ -239,7 +240,7 @@ def _build_tiny_token2wav(dst: Path, seed: int) -> None:
 
 
 def tiny_model_path() -> Path:
-    """Path of the tiny model in [`TINY_MODEL_DIR`] (`$OPENS2S_CACHE/tiny-v5`), built there on first use.
+    """Path of the tiny model in [`TINY_MODEL_DIR`] (`$OPENS2S_CACHE/tiny-v6`), built there on first use.
 
     The build goes to a staging folder that is renamed into place, so concurrent first uses never see half a folder.
     """

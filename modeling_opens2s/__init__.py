@@ -20,14 +20,22 @@ _import_structure = {
     "engine_opens2s": ["Conversation", "EngineFull", "OpenS2SEngine"],
     "configuration_speech_tokenizer": ["OpenS2SSpeechTokenizerConfig"],
     "modeling_speech_tokenizer": ["OpenS2SSpeechTokenizer", "OpenS2SSpeechTokenizerOutput"],
-    "configuration_token2wav": ["OpenS2SToken2WavConfig"],
+    "configuration_token2wav": [
+        "OpenS2SToken2WavConfig",
+        "OpenS2SToken2WavFlowConfig",
+        "OpenS2SToken2WavHiFTConfig",
+    ],
     "modeling_token2wav": ["OpenS2SToken2Wav", "Token2WavOutput"],
 }
 
 if TYPE_CHECKING:
     from .configuration_opens2s import OpenS2SConfig
     from .configuration_speech_tokenizer import OpenS2SSpeechTokenizerConfig
-    from .configuration_token2wav import OpenS2SToken2WavConfig
+    from .configuration_token2wav import (
+        OpenS2SToken2WavConfig,
+        OpenS2SToken2WavFlowConfig,
+        OpenS2SToken2WavHiFTConfig,
+    )
     from .engine_opens2s import Conversation, EngineFull, OpenS2SEngine
     from .feature_extraction_opens2s import OpenS2SFeatureExtractor
     from .modeling_opens2s import (

@@ -7,9 +7,9 @@ from transformers import PreTrainedModel
 from transformers.utils import ModelOutput
 
 from .configuration_token2wav import OpenS2SToken2WavConfig
-from .modeling_flow_matching import FlowDecoder
-from .modeling_hift import HiFTVocoder
-from .streaming_token2wav import BlockStream, OriginalStream, check_unit_range
+from .modeling_token2wav_flow import FlowDecoder
+from .modeling_token2wav_hift import HiFTVocoder
+from .modeling_token2wav_streaming import BlockStream, OriginalStream, check_unit_range
 
 
 __all__ = ["OpenS2SToken2Wav", "Token2WavOutput"]
@@ -49,49 +49,8 @@ class OpenS2SToken2Wav(PreTrainedModel):
 
     def __init__(self, config: OpenS2SToken2WavConfig):
         super().__init__(config)
-        self.flow = FlowDecoder(
-            vocab_size=config.vocab_size,
-            token_embedding_dim=config.token_embedding_dim,
-            mel_bins=config.mel_bins,
-            speaker_embedding_dim=config.speaker_embedding_dim,
-            input_frame_rate=config.input_frame_rate,
-            sampling_rate=config.sampling_rate,
-            hop_length=config.hop_length,
-            encoder_hidden_size=config.encoder_hidden_size,
-            encoder_num_heads=config.encoder_num_heads,
-            encoder_ffn_dim=config.encoder_ffn_dim,
-            encoder_num_layers=config.encoder_num_layers,
-            encoder_block_size=config.encoder_block_size,
-            regulator_sampling_ratios=config.regulator_sampling_ratios,
-            estimator_channels=config.estimator_channels,
-            estimator_attention_head_dim=config.estimator_attention_head_dim,
-            estimator_num_heads=config.estimator_num_heads,
-            estimator_num_blocks=config.estimator_num_blocks,
-            estimator_num_mid_blocks=config.estimator_num_mid_blocks,
-            num_timesteps=config.num_timesteps,
-            cfg_rate=config.cfg_rate,
-            temperature=config.temperature,
-        )
-        self.vocoder = HiFTVocoder(
-            mel_bins=config.mel_bins,
-            base_channels=config.hift_base_channels,
-            num_harmonics=config.hift_num_harmonics,
-            sampling_rate=config.sampling_rate,
-            upsample_rates=config.hift_upsample_rates,
-            upsample_kernel_sizes=config.hift_upsample_kernel_sizes,
-            istft_n_fft=config.hift_istft_n_fft,
-            istft_hop_length=config.hift_istft_hop_length,
-            resblock_kernel_sizes=config.hift_resblock_kernel_sizes,
-            resblock_dilation_sizes=config.hift_resblock_dilation_sizes,
-            source_resblock_kernel_sizes=config.hift_source_resblock_kernel_sizes,
-            source_resblock_dilation_sizes=config.hift_source_resblock_dilation_sizes,
-            lrelu_slope=config.hift_lrelu_slope,
-            audio_limit=config.hift_audio_limit,
-            nsf_alpha=config.hift_nsf_alpha,
-            nsf_sigma=config.hift_nsf_sigma,
-            voiced_threshold=config.hift_voiced_threshold,
-            f0_cond_channels=config.hift_f0_cond_channels,
-        )
+        self.flow = FlowDecoder(config.flow_config)
+        self.vocoder = HiFTVocoder(config.hift_config)
         self.post_init()
 
     def _init_weights(self, module: torch.nn.Module) -> None:

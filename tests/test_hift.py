@@ -1,4 +1,5 @@
-"""HiFT vocoder (`modeling_hift`) against the original `HiFTGenerator`'s recorded outputs in every token2wav set.
+"""HiFT vocoder (`modeling_token2wav_hift`) against the recorded outputs of the original `HiFTGenerator` in every
+token2wav set.
 
 Every recorded decoder call is replayed: the vocoded mel, the recorded `cache_source`, and a generator seeded as the
 original's global one was (the flow's noise drawn first, then HiFT's draws). Tolerances are the fixture README's
@@ -14,7 +15,9 @@ import torch
 from safetensors.torch import load_file
 
 from fixture_sets import recorded_calls, requires_token2wav, token2wav_sets
-from opens2s.modeling_opens2s.modeling_hift import HiFTVocoder, hift_state_dict_from_original
+from opens2s.conversion.convert_original_token2wav import hift_state_dict_from_original
+from opens2s.modeling_opens2s.configuration_token2wav import OpenS2SToken2WavHiFTConfig
+from opens2s.modeling_opens2s.modeling_token2wav_hift import HiFTVocoder
 
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -36,35 +39,35 @@ def call_params() -> list:
     return params
 
 
-def vocoder_kwargs(hift: dict) -> dict:
-    """`decoder_config.json["hift"]` (the original's constructor arguments) -> `HiFTVocoder` keyword arguments."""
-    return {
-        "mel_bins": hift["in_channels"],
-        "base_channels": hift["base_channels"],
-        "num_harmonics": hift["nb_harmonics"],
-        "sampling_rate": hift["sampling_rate"],
-        "upsample_rates": hift["upsample_rates"],
-        "upsample_kernel_sizes": hift["upsample_kernel_sizes"],
-        "istft_n_fft": hift["istft_params"]["n_fft"],
-        "istft_hop_length": hift["istft_params"]["hop_len"],
-        "resblock_kernel_sizes": hift["resblock_kernel_sizes"],
-        "resblock_dilation_sizes": hift["resblock_dilation_sizes"],
-        "source_resblock_kernel_sizes": hift["source_resblock_kernel_sizes"],
-        "source_resblock_dilation_sizes": hift["source_resblock_dilation_sizes"],
-        "lrelu_slope": hift["lrelu_slope"],
-        "audio_limit": hift["audio_limit"],
-        "nsf_alpha": hift["nsf_alpha"],
-        "nsf_sigma": hift["nsf_sigma"],
-        "voiced_threshold": hift["nsf_voiced_threshold"],
-        "f0_cond_channels": hift["f0_predictor"]["cond_channels"],
-    }
+def vocoder_config(hift: dict) -> OpenS2SToken2WavHiFTConfig:
+    """`decoder_config.json["hift"]` (the original's constructor arguments) -> the `HiFTVocoder` config."""
+    return OpenS2SToken2WavHiFTConfig(
+        mel_bins=hift["in_channels"],
+        base_channels=hift["base_channels"],
+        num_harmonics=hift["nb_harmonics"],
+        sampling_rate=hift["sampling_rate"],
+        upsample_rates=hift["upsample_rates"],
+        upsample_kernel_sizes=hift["upsample_kernel_sizes"],
+        istft_n_fft=hift["istft_params"]["n_fft"],
+        istft_hop_length=hift["istft_params"]["hop_len"],
+        resblock_kernel_sizes=hift["resblock_kernel_sizes"],
+        resblock_dilation_sizes=hift["resblock_dilation_sizes"],
+        source_resblock_kernel_sizes=hift["source_resblock_kernel_sizes"],
+        source_resblock_dilation_sizes=hift["source_resblock_dilation_sizes"],
+        lrelu_slope=hift["lrelu_slope"],
+        audio_limit=hift["audio_limit"],
+        nsf_alpha=hift["nsf_alpha"],
+        nsf_sigma=hift["nsf_sigma"],
+        voiced_threshold=hift["nsf_voiced_threshold"],
+        f0_cond_channels=hift["f0_predictor"]["cond_channels"],
+    )
 
 
 @functools.cache
 def fixture_set(folder: Path) -> tuple[HiFTVocoder, dict, dict]:
     """(converted vocoder, reference tensors, decoder config) of a set, loaded once."""
     config = json.loads((folder / "decoder_config.json").read_text())
-    vocoder = HiFTVocoder(**vocoder_kwargs(config["hift"])).eval()
+    vocoder = HiFTVocoder(vocoder_config(config["hift"])).eval()
     vocoder.load_state_dict(hift_state_dict_from_original(torch.load(folder / "hift.pt", weights_only=True)))
     return vocoder, load_file(folder / "reference_outputs.safetensors"), config
 
@@ -87,7 +90,7 @@ def replayed_generator(rng_calls: list, vocoder: HiFTVocoder, samples: int) -> t
         assert name == "randn_like"
         torch.randn(shape, generator=generator)
     # HiFT's draws must be the ones `draw_noise` makes, then the original's unused one (not made by us).
-    harmonics = vocoder.num_harmonics + 1
+    harmonics = vocoder.config.num_harmonics + 1
     assert draws[hift_start:] == [
         ["uniform_sample", [1, harmonics, 1]],
         ["randn_like", [1, harmonics, samples]],
@@ -137,7 +140,7 @@ def test_conversion_checks_keys_and_folds_weight_norm(folder: Path):
         hift_state_dict_from_original({**original, "conv_pre.weight": original["conv_pre.weight_v"]})
 
     # Ignoring weight_g (as if g == ||v||) must visibly change f0: the fixtures' g are not ||v||.
-    ignoring_g = HiFTVocoder(**vocoder_kwargs(json.loads((folder / "decoder_config.json").read_text())["hift"]))
+    ignoring_g = HiFTVocoder(vocoder_config(json.loads((folder / "decoder_config.json").read_text())["hift"]))
     unit_g = dict(original)
     for key, value in original.items():
         if key.endswith(".weight_g"):
@@ -174,7 +177,7 @@ TINY = {
 
 def tiny_vocoder(seed: int = 0) -> HiFTVocoder:
     """A tiny vocoder whose weights come from an explicit generator (default init is overwritten)."""
-    vocoder = HiFTVocoder(**TINY).eval()
+    vocoder = HiFTVocoder(OpenS2SToken2WavHiFTConfig(**TINY)).eval()
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, parameter in vocoder.named_parameters():

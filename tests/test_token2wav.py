@@ -4,16 +4,22 @@ streaming loop), and our block streaming keeps its promises (flat cost, no lost 
 Parity runs over every `token2wav_*` fixture set; the tolerances are the fixture README's (mel 1e-4, speech 1e-3).
 """
 
+import dataclasses
 import json
 
 import pytest
 import torch
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
+from transformers import PreTrainedConfig
 
 from fixture_sets import recorded_calls, requires_token2wav, token2wav_sets
-from opens2s.conversion.convert_original_token2wav import convert_original_token2wav
+from opens2s.conversion.convert_original_token2wav import convert_original_token2wav, load_original_decoder_config
 from opens2s.conversion.tiny import build_tiny_token2wav_config
-from opens2s.modeling_opens2s.configuration_token2wav import OpenS2SToken2WavConfig
+from opens2s.modeling_opens2s.configuration_token2wav import (
+    OpenS2SToken2WavConfig,
+    OpenS2SToken2WavFlowConfig,
+    OpenS2SToken2WavHiFTConfig,
+)
 from opens2s.modeling_opens2s.modeling_token2wav import OpenS2SToken2Wav
 
 
@@ -137,10 +143,12 @@ def test_converter_rejects_incomplete_folders(folder, tmp_path):
 
 
 # ------------------------------------------------------------------------------------------------ block streaming
-def tiny_token2wav(**overrides) -> OpenS2SToken2Wav:
-    """The tiny default decoder; 4 ODE steps instead of 10 keep these schedule tests fast (same schedule)."""
+def tiny_token2wav(num_timesteps: int = 4, **stream_settings) -> OpenS2SToken2Wav:
+    """The tiny default decoder with `stream_*` overrides; 4 ODE steps instead of 10 keep these schedule tests fast
+    (same schedule)."""
     config = build_tiny_token2wav_config()
-    config.update({"num_timesteps": 4, **overrides})
+    config.flow_config.num_timesteps = num_timesteps
+    config.update(stream_settings)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
         return OpenS2SToken2Wav(config).eval()
@@ -175,7 +183,8 @@ def test_block_stream_cost_is_flat():
     session, _ = run_stream(model, random_units(120, config.vocab_size), push_size=1)
     steady = session.costs[config.stream_left_context_blocks // config.stream_chunk_blocks + 1 : -1]
     assert len(steady) >= 5
-    window_units = (config.stream_left_context_blocks + config.stream_chunk_blocks) * config.encoder_block_size
+    block = config.flow_config.encoder_block_size
+    window_units = (config.stream_left_context_blocks + config.stream_chunk_blocks) * block
     assert {cost.flow_units for cost in steady} == {window_units}
     assert max(cost.flow_frames for cost in steady) - min(cost.flow_frames for cost in steady) <= 1
     assert max(cost.vocoder_frames for cost in steady) - min(cost.vocoder_frames for cost in steady) <= 1
@@ -240,8 +249,123 @@ def test_batched_synthesis_equals_one_by_one():
 
 
 def test_config_rejects_a_vocoder_hop_that_does_not_match():
-    with pytest.raises(Exception, match="must equal hop_length"):  # a StrictDataclassClassValidationError
-        OpenS2SToken2WavConfig(hift_upsample_rates=[8, 4])
+    with pytest.raises(Exception, match=r"must equal flow_config\.hop_length"):  # StrictDataclassClassValidationError
+        OpenS2SToken2WavConfig(hift_config={"upsample_rates": [8, 4]})
+    with pytest.raises(Exception, match=r"flow_config\.mel_bins \(80\) must equal hift_config\.mel_bins \(64\)"):
+        OpenS2SToken2WavConfig(hift_config={"mel_bins": 64})
+
+
+def test_config_nests_flow_and_hift_and_round_trips(tmp_path):
+    """Defaults are the released decoder's dims; each sub-model's fields live once, in its sub-config."""
+    config = OpenS2SToken2WavConfig()
+    assert isinstance(config.flow_config, OpenS2SToken2WavFlowConfig)
+    assert isinstance(config.hift_config, OpenS2SToken2WavHiFTConfig)
+    assert (config.flow_config.encoder_hidden_size, config.flow_config.estimator_channels) == (512, [256, 256])
+    assert (config.hift_config.base_channels, config.hift_config.upsample_rates) == (512, [8, 8])
+    assert (config.vocab_size, config.sampling_rate, config.hop_length) == (16384, 22050, 256)
+    tiny = build_tiny_token2wav_config()
+    tiny.save_pretrained(tmp_path)
+    saved = json.loads((tmp_path / "config.json").read_text())
+    metadata = {"architectures", "auto_map", "model_type", "transformers_version"}
+    flat_fields = {key for key in OLD_FLAT_TINY_CONFIG if key not in metadata and not key.startswith("stream_")}
+    assert len(flat_fields) == 37 and not flat_fields & set(saved)
+    assert saved["flow_config"]["vocab_size"] == 64 and saved["hift_config"]["base_channels"] == 32
+    assert OpenS2SToken2WavConfig.from_pretrained(tmp_path).to_dict() == tiny.to_dict()
+
+
+# `config.json` of a tiny decoder as opens2s wrote it before the nesting (tiny-v3 and older): one flat dict.
+OLD_FLAT_TINY_CONFIG = {
+    "architectures": ["OpenS2SToken2Wav"],
+    "auto_map": {
+        "AutoConfig": "configuration_token2wav.OpenS2SToken2WavConfig",
+        "AutoModel": "modeling_token2wav.OpenS2SToken2Wav",
+    },
+    "model_type": "opens2s_token2wav",
+    "transformers_version": "5.24.0",
+    "vocab_size": 64,
+    "token_embedding_dim": 64,
+    "mel_bins": 80,
+    "speaker_embedding_dim": 192,
+    "input_frame_rate": 12.5,
+    "sampling_rate": 22050,
+    "hop_length": 256,
+    "encoder_hidden_size": 64,
+    "encoder_num_heads": 4,
+    "encoder_ffn_dim": 128,
+    "encoder_num_layers": 2,
+    "encoder_block_size": 10,
+    "regulator_sampling_ratios": [1, 1, 1, 1],
+    "estimator_channels": [32, 32],
+    "estimator_attention_head_dim": 16,
+    "estimator_num_heads": 2,
+    "estimator_num_blocks": 1,
+    "estimator_num_mid_blocks": 2,
+    "num_timesteps": 10,
+    "cfg_rate": 0.7,
+    "temperature": 1.0,
+    "hift_base_channels": 32,
+    "hift_num_harmonics": 8,
+    "hift_upsample_rates": [8, 8],
+    "hift_upsample_kernel_sizes": [16, 16],
+    "hift_istft_n_fft": 16,
+    "hift_istft_hop_length": 4,
+    "hift_resblock_kernel_sizes": [3, 7, 11],
+    "hift_resblock_dilation_sizes": [[1, 3, 5], [1, 3, 5], [1, 3, 5]],
+    "hift_source_resblock_kernel_sizes": [7, 11],
+    "hift_source_resblock_dilation_sizes": [[1, 3, 5], [1, 3, 5]],
+    "hift_lrelu_slope": 0.1,
+    "hift_audio_limit": 0.99,
+    "hift_nsf_alpha": 0.1,
+    "hift_nsf_sigma": 0.003,
+    "hift_voiced_threshold": 10.0,
+    "hift_f0_cond_channels": 32,
+    "stream_first_chunk_blocks": 1,
+    "stream_chunk_blocks": 4,
+    "stream_left_context_blocks": 1,
+    "stream_vocoder_context_frames": 8,
+    "stream_holdback_frames": 4,
+    "stream_crossfade_samples": 256,
+}
+
+
+def test_folder_in_the_old_flat_layout_still_loads(tmp_path):
+    """A decoder folder converted before the nesting (flat config.json, same tensor names) loads with the same
+    config values and weights, and speaks exactly as the same decoder saved in the nested layout."""
+    model = tiny_token2wav(num_timesteps=10)
+    model.save_pretrained(tmp_path / "nested")
+    (tmp_path / "flat").mkdir()
+    save_file(model.state_dict(), tmp_path / "flat" / "model.safetensors", metadata={"format": "pt"})
+    (tmp_path / "flat" / "config.json").write_text(json.dumps(OLD_FLAT_TINY_CONFIG))
+
+    loaded = OpenS2SToken2Wav.from_pretrained(tmp_path / "flat").eval()
+    common = {field.name for field in dataclasses.fields(PreTrainedConfig)}  # dtype, architectures, ...
+    for key in ("flow_config", "hift_config"):
+        expected, actual = getattr(model.config, key), getattr(loaded.config, key)
+        own = [field.name for field in dataclasses.fields(expected) if field.name not in common]
+        assert len(own) == {"flow_config": 22, "hift_config": 18}[key]
+        for name in own:
+            assert getattr(actual, name) == getattr(expected, name), f"{key}.{name}"
+    for name in (name for name in OLD_FLAT_TINY_CONFIG if name.startswith("stream_")):
+        assert getattr(loaded.config, name) == getattr(model.config, name), name
+    for name, tensor in model.state_dict().items():
+        torch.testing.assert_close(loaded.state_dict()[name], tensor, atol=0, rtol=0, msg=name)
+    # Against the nested folder, not `model`: `from_pretrained`'s loaded tensors alone move float32 results by ~1e-7.
+    nested = OpenS2SToken2Wav.from_pretrained(tmp_path / "nested").eval()
+    with torch.inference_mode():
+        expected = nested.synthesize([1, 2, 3, 4, 5], generator=torch.Generator().manual_seed(0)).waveform
+        actual = loaded.synthesize([1, 2, 3, 4, 5], generator=torch.Generator().manual_seed(0)).waveform
+    torch.testing.assert_close(actual, expected, atol=0, rtol=0)
+
+
+def test_decoder_config_yaml_with_aliases_is_refused(tmp_path):
+    """Nested YAML aliases expand exponentially ("billion laughs"); the reader refuses any alias before building
+    anything. Six levels of nine here (531,441 leaves if expanded): small enough that a failing guard fails fast."""
+    lines = ["laugh0: &laugh0 [ha, ha, ha, ha, ha, ha, ha, ha, ha]"]
+    lines += [f"laugh{k}: &laugh{k} [{', '.join([f'*laugh{k - 1}'] * 9)}]" for k in range(1, 6)]
+    lines += ["flow: *laugh5", "hift: *laugh5"]
+    (tmp_path / "config.yaml").write_text("\n".join(lines) + "\n")
+    with pytest.raises(ValueError, match=r"config\.yaml: YAML alias \*laugh0 at line 2: aliases are not supported"):
+        load_original_decoder_config(tmp_path / "config.yaml")
 
 
 @requires_token2wav
@@ -277,7 +401,8 @@ def test_opens2s_folder_carries_its_token2wav(folder, tmp_path):
     dst = convert_original_checkpoint(references[0].values[0], tmp_path / "model", token2wav=folder)
     model = AutoModel.from_pretrained(dst, trust_remote_code=True)
     token2wav = model.attach_token2wav()
-    assert token2wav.config.vocab_size == json.loads((dst / "token2wav" / "config.json").read_text())["vocab_size"]
+    saved = json.loads((dst / "token2wav" / "config.json").read_text())
+    assert token2wav.config.vocab_size == saved["flow_config"]["vocab_size"]
     small = tmp_path / "small_decoder"
     small.mkdir()
     for name in ("flow.pt", "hift.pt"):

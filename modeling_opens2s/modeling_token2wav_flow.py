@@ -12,30 +12,30 @@ Pipeline of `FlowDecoder.inference` (maths of the original `MaskedDiffWithXvec.i
    frames and zeros after; `spks = Linear(normalize(speaker_embedding))`.
 4. `mel = mel_full[:, :, prompt_frames:]`.
 
-Behaviours of the original kept on purpose (see `ORIGINAL_BEHAVIOUR_TOKEN2WAV.md`):
+Behaviours of the original kept on purpose (ids of `docs/original_behaviour.md#t2w-quirks`):
 
-- quirk 2: the original re-seeds the GLOBAL generator with 42 before every ODE. We never touch the global RNG: pass
+- OB-T2W-2: the original re-seeds the GLOBAL generator with 42 before every ODE. We never touch the global RNG: pass
   `noise`, or a `generator` (`torch.Generator().manual_seed(42)` reproduces the original on CPU bit for bit).
-- quirk 6: int32 and int64 prompt tokens are both accepted (everything is embedded as int64).
-- quirk 8: the Euler solver feeds the estimator an accumulated float32 `t` (`t += dt; dt = t_span[k + 1] - t`), which
-  can differ from `t_span[k]` by one ulp.
-- quirk 14: negative token ids are clamped to 0 (an EOS id passed as a unit is silently decoded as unit 0).
+- OB-T2W-6: int32 and int64 prompt tokens are both accepted (everything is embedded as int64).
+- OB-T2W-8: the Euler solver feeds the estimator an accumulated float32 `t` (`t += dt; dt = t_span[k + 1] - t`),
+  which can differ from `t_span[k]` by one ulp.
+- OB-T2W-14: negative token ids are clamped to 0 (an EOS id passed as a unit is silently decoded as unit 0).
 - The U-Net attention (diffusers `Attention` in the original) receives the 0/1 frame mask as an ADDITIVE float bias:
   valid keys get +1, padded keys +0, so padding is only down-weighted, never masked. Batch rows of equal length (all
   this module decodes) have no padding, where the +1 is a no-op up to rounding.
 """
 
 import math
-import re
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .modeling_flow_encoder import BlockConformerEncoder, FeedForward
+from .configuration_token2wav import OpenS2SToken2WavFlowConfig
+from .modeling_token2wav_flow_encoder import BlockConformerEncoder, FeedForward
 
 
 __all__ = [
@@ -43,7 +43,6 @@ __all__ = [
     "FlowDecoder",
     "FlowOutput",
     "LengthRegulator",
-    "flow_state_dict_from_original",
     "solve_euler_cfg",
 ]
 
@@ -96,16 +95,18 @@ class ConvBlock(nn.Module):
 
 
 class LengthRegulator(nn.Module):
-    """Token rate -> frame rate: nearest interpolation, then `len(sampling_ratios)` conv blocks and a 1x1 conv.
+    """Token rate -> frame rate: nearest interpolation, then one conv block per entry of
+    `regulator_sampling_ratios` (the values themselves are unused, as the original) and a 1x1 conv, on `mel_bins`
+    channels.
 
     Args:
-        channels (`int`): feature channels (the mel bins).
-        sampling_ratios (`list[int]`): one conv block per entry; the values themselves are unused (as the original).
+        config ([`OpenS2SToken2WavFlowConfig`]): its `mel_bins` and `regulator_sampling_ratios`.
     """
 
-    def __init__(self, channels: int, sampling_ratios: list[int]) -> None:
+    def __init__(self, config: OpenS2SToken2WavFlowConfig) -> None:
         super().__init__()
-        self.blocks = nn.ModuleList(ConvBlock(channels, channels, groups=1) for _ in sampling_ratios)
+        channels = config.mel_bins
+        self.blocks = nn.ModuleList(ConvBlock(channels, channels, groups=1) for _ in config.regulator_sampling_ratios)
         self.output_conv = nn.Conv1d(channels, channels, 1)
 
     def forward(self, hidden_states: Tensor, num_frames: int) -> Tensor:
@@ -212,28 +213,18 @@ class UNetLevel(nn.Module):
 class ConditionalDecoder(nn.Module):
     """1-D U-Net velocity estimator `v(x, mask, mu, t, spks, cond)` of the flow (CosyVoice `ConditionalDecoder`).
 
+    Its input is `cat(x, mu, spks, cond)` (4 x `mel_bins` = 320 channels), its output `mel_bins` channels.
+
     Args:
-        in_channels (`int`): channels of `cat(x, mu, spks, cond)` (4 x mel bins = 320).
-        out_channels (`int`): mel bins.
-        channels (`list[int]`): width per down level; the last level does not downsample.
-        attention_head_dim (`int`): width per attention head.
-        num_heads (`int`): attention heads.
-        num_blocks (`int`): transformer blocks per level.
-        num_mid_blocks (`int`): middle levels.
+        config ([`OpenS2SToken2WavFlowConfig`]): `mel_bins` and the `estimator_*` fields: `estimator_channels` (width
+            per down level; the last level does not downsample), `estimator_attention_head_dim`,
+            `estimator_num_heads`, `estimator_num_blocks` (transformer blocks per level), `estimator_num_mid_blocks`.
     """
 
-    def __init__(
-        self,
-        *,
-        in_channels: int,
-        out_channels: int,
-        channels: list[int],
-        attention_head_dim: int,
-        num_heads: int,
-        num_blocks: int,
-        num_mid_blocks: int,
-    ) -> None:
+    def __init__(self, config: OpenS2SToken2WavFlowConfig) -> None:
         super().__init__()
+        in_channels, out_channels, channels = 4 * config.mel_bins, config.mel_bins, config.estimator_channels
+        num_heads, head_dim = config.estimator_num_heads, config.estimator_attention_head_dim
         self.in_channels = in_channels
         time_dim = channels[0] * 4
         self.time_mlp = nn.Sequential(
@@ -243,7 +234,9 @@ class ConditionalDecoder(nn.Module):
         )
 
         def level(dim: int, dim_out: int, resample: nn.Module | None) -> UNetLevel:
-            blocks = nn.ModuleList(TransformerBlock(dim_out, num_heads, attention_head_dim) for _ in range(num_blocks))
+            blocks = nn.ModuleList(
+                TransformerBlock(dim_out, num_heads, head_dim) for _ in range(config.estimator_num_blocks)
+            )
             return UNetLevel(ResnetBlock(dim, dim_out, time_dim), blocks, resample)
 
         last = len(channels) - 1
@@ -252,7 +245,9 @@ class ConditionalDecoder(nn.Module):
             level(widths[i], widths[i + 1], _resample_conv(widths[i + 1], "down" if i < last else "keep"))
             for i in range(len(channels))
         )
-        self.mid_blocks = nn.ModuleList(level(channels[-1], channels[-1], None) for _ in range(num_mid_blocks))
+        self.mid_blocks = nn.ModuleList(
+            level(channels[-1], channels[-1], None) for _ in range(config.estimator_num_mid_blocks)
+        )
         widths = [*channels[::-1], channels[0]]
         self.up_blocks = nn.ModuleList(
             level(2 * widths[i], widths[i + 1], _resample_conv(widths[i + 1], "up" if i < last else "keep"))
@@ -353,7 +348,7 @@ def solve_euler_cfg(
     mask, mu, spks, cond = (tensor.to(dtype) for tensor in (mask, mu, spks, cond))
     unconditioned = (torch.zeros_like(mu), torch.zeros_like(spks), torch.zeros_like(cond))
     x = noise.float()
-    # Accumulated t as in the original (quirk 8): t += dt, then dt = t_span[k + 1] - t.
+    # Accumulated t as in the original (OB-T2W-8): t += dt, then dt = t_span[k + 1] - t.
     t, dt = t_span[0], t_span[1] - t_span[0]
     for step in range(num_timesteps):
         x_in = x.to(dtype)
@@ -400,83 +395,32 @@ class FlowDecoder(nn.Module):
     """Speech units -> log-mel: block-causal encoder, length regulator and conditional flow matching.
 
     Args:
-        vocab_size (`int`): speech-unit vocabulary.
-        token_embedding_dim (`int`): unit embedding width (= encoder input size).
-        mel_bins (`int`): mel channels (80).
-        speaker_embedding_dim (`int`): x-vector width (192).
-        input_frame_rate (`float`): units per second (12.5).
-        sampling_rate (`int`): audio rate of the frame formula (22050, hard-coded in the original).
-        hop_length (`int`): samples per mel frame of the frame formula (256, hard-coded in the original).
-        encoder_hidden_size, encoder_num_heads, encoder_ffn_dim, encoder_num_layers, encoder_block_size (`int`):
-            see `BlockConformerEncoder`.
-        regulator_sampling_ratios (`list[int]`): one regulator conv block per entry.
-        estimator_channels, estimator_attention_head_dim, estimator_num_heads, estimator_num_blocks,
-            estimator_num_mid_blocks: see `ConditionalDecoder`.
-        num_timesteps (`int`): Euler steps (10).
-        cfg_rate (`float`): classifier-free guidance weight (0.7).
-        temperature (`float`): noise multiplier (1.0).
+        config ([`OpenS2SToken2WavFlowConfig`]): the unit embedding (`vocab_size`, `token_embedding_dim`), the
+            speaker projection (`speaker_embedding_dim` -> `mel_bins`), the frame formula (`input_frame_rate`,
+            `sampling_rate`, `hop_length`), the encoder (`encoder_*`), the regulator, the estimator (`estimator_*`)
+            and the ODE (`num_timesteps`, `cfg_rate`, `temperature`).
     """
 
-    def __init__(
-        self,
-        *,
-        vocab_size: int,
-        token_embedding_dim: int,
-        mel_bins: int,
-        speaker_embedding_dim: int,
-        input_frame_rate: float,
-        sampling_rate: int,
-        hop_length: int,
-        encoder_hidden_size: int,
-        encoder_num_heads: int,
-        encoder_ffn_dim: int,
-        encoder_num_layers: int,
-        encoder_block_size: int,
-        regulator_sampling_ratios: list[int],
-        estimator_channels: list[int],
-        estimator_attention_head_dim: int,
-        estimator_num_heads: int,
-        estimator_num_blocks: int,
-        estimator_num_mid_blocks: int,
-        num_timesteps: int,
-        cfg_rate: float,
-        temperature: float,
-    ) -> None:
+    def __init__(self, config: OpenS2SToken2WavFlowConfig) -> None:
         super().__init__()
-        self.mel_bins = mel_bins
-        self.speaker_embedding_dim = speaker_embedding_dim
-        self.input_frame_rate = input_frame_rate
-        self.sampling_rate = sampling_rate
-        self.hop_length = hop_length
-        self.num_timesteps = num_timesteps
-        self.cfg_rate = cfg_rate
-        self.temperature = temperature
-        self.token_embedding = nn.Embedding(vocab_size, token_embedding_dim)
-        self.speaker_projection = nn.Linear(speaker_embedding_dim, mel_bins)
-        self.encoder = BlockConformerEncoder(
-            input_size=token_embedding_dim,
-            hidden_size=encoder_hidden_size,
-            num_heads=encoder_num_heads,
-            ffn_dim=encoder_ffn_dim,
-            num_layers=encoder_num_layers,
-            block_size=encoder_block_size,
-        )
-        self.encoder_projection = nn.Linear(encoder_hidden_size, mel_bins)
-        self.length_regulator = LengthRegulator(mel_bins, regulator_sampling_ratios)
-        self.estimator = ConditionalDecoder(
-            in_channels=4 * mel_bins,
-            out_channels=mel_bins,
-            channels=estimator_channels,
-            attention_head_dim=estimator_attention_head_dim,
-            num_heads=estimator_num_heads,
-            num_blocks=estimator_num_blocks,
-            num_mid_blocks=estimator_num_mid_blocks,
-        )
+        self.config = config
+        self.token_embedding = nn.Embedding(config.vocab_size, config.token_embedding_dim)
+        self.speaker_projection = nn.Linear(config.speaker_embedding_dim, config.mel_bins)
+        self.encoder = BlockConformerEncoder(config)
+        self.encoder_projection = nn.Linear(config.encoder_hidden_size, config.mel_bins)
+        self.length_regulator = LengthRegulator(config)
+        self.estimator = ConditionalDecoder(config)
+
+    @property
+    def num_timesteps(self) -> int:
+        """Euler steps of the flow ODE."""
+        return self.config.num_timesteps
 
     def num_frames(self, num_tokens: int) -> int:
         """Frames for `num_tokens` units: `int(tokens / rate * sampling_rate / hop)` in float32, as the original."""
         tokens = torch.tensor(num_tokens, dtype=torch.float32)
-        return int(tokens / self.input_frame_rate * self.sampling_rate / self.hop_length)
+        config = self.config
+        return int(tokens / config.input_frame_rate * config.sampling_rate / config.hop_length)
 
     def encode(self, tokens: Tensor, prompt_tokens: Tensor) -> tuple[Tensor, Tensor]:
         """Encode `cat(prompt_tokens, tokens)`.
@@ -487,7 +431,7 @@ class FlowDecoder(nn.Module):
 
         Returns:
             `(encoder_out, mu_tokens)`: `(batch, tokens, encoder_hidden)` and its projection `(batch, tokens, mel)`.
-            Negative ids are clamped to 0 like the original (quirk 14: an EOS id passed as a unit is decoded as 0).
+            Negative ids are clamped to 0 like the original (OB-T2W-14: an EOS id passed as a unit is decoded as 0).
         """
         ids = torch.cat([prompt_tokens.long(), tokens.long()], dim=1).clamp(min=0)
         encoder_out = self.encoder(self.token_embedding(ids))
@@ -527,7 +471,7 @@ class FlowDecoder(nn.Module):
         Returns:
             `FlowOutput`; `mel` holds the frames after the prompt mel.
         """
-        batch, device = tokens.shape[0], tokens.device
+        batch, device, config = tokens.shape[0], tokens.device, self.config
         if prompt_tokens is None:
             prompt_tokens = tokens.new_zeros(batch, 0)
         encoder_out, encoder_proj_out = self.encode(tokens, prompt_tokens)
@@ -538,26 +482,28 @@ class FlowDecoder(nn.Module):
 
         mu = self.length_regulator(encoder_proj_out, total).transpose(1, 2)
         if speaker_embedding is None:
-            speaker_embedding = mu.new_zeros(batch, self.speaker_embedding_dim)
+            speaker_embedding = mu.new_zeros(batch, config.speaker_embedding_dim)
         spks = self.speaker_condition(speaker_embedding)
-        cond = mu.new_zeros(batch, self.mel_bins, total)
+        cond = mu.new_zeros(batch, config.mel_bins, total)
         if prompt_mel is not None:
             cond[:, :, :prompt_frames] = prompt_mel.transpose(1, 2).to(cond.dtype)
         if noise is None:
             generator = torch.Generator(device=device) if generator is None else generator
-            noise = torch.randn((batch, self.mel_bins, total), generator=generator, device=device, dtype=torch.float32)
-        elif tuple(noise.shape) != (batch, self.mel_bins, total):
-            raise ValueError(f"noise must have shape {(batch, self.mel_bins, total)}, got {tuple(noise.shape)}")
+            noise = torch.randn(
+                (batch, config.mel_bins, total), generator=generator, device=device, dtype=torch.float32
+            )
+        elif tuple(noise.shape) != (batch, config.mel_bins, total):
+            raise ValueError(f"noise must have shape {(batch, config.mel_bins, total)}, got {tuple(noise.shape)}")
 
         mel_full = solve_euler_cfg(
             self.estimator,
-            noise.float() * self.temperature,
+            noise.float() * config.temperature,
             mu.new_ones(batch, 1, total),
             mu,
             spks,
             cond,
-            self.num_timesteps,
-            self.cfg_rate,
+            config.num_timesteps,
+            config.cfg_rate,
             step_callback,
         )
         return FlowOutput(
@@ -568,88 +514,3 @@ class FlowDecoder(nn.Module):
             encoder_proj_out=encoder_proj_out,
             speaker_condition=spks,
         )
-
-
-# Original `MaskedDiffWithXvec.state_dict()` names -> ours, applied in order with `re.sub`. Rules shared by the
-# encoder (CosyVoice names) and the U-Net (diffusers names) come after the prefixes.
-_RENAMES: tuple[tuple[str, str], ...] = (
-    (r"^input_embedding\.", "token_embedding."),
-    (r"^spk_embed_affine_layer\.", "speaker_projection."),
-    (r"^encoder_proj\.", "encoder_projection."),
-    (r"^encoder\.embed\.out\.0\.", "encoder.input_projection."),
-    (r"^encoder\.embed\.out\.1\.", "encoder.input_norm."),
-    (r"^encoder\.after_norm\.", "encoder.final_norm."),
-    (r"^encoder\.encoders\.", "encoder.layers."),
-    (r"^decoder\.estimator\.", "estimator."),
-    (r"\.(norm_mha|norm1)\.", ".attn_norm."),
-    (r"\.(norm_ff|norm3)\.", ".ffn_norm."),
-    (r"\.(self_attn\.linear|attn1\.to)_([qkv])\.", r".self_attn.\2_proj."),
-    (r"\.(self_attn\.linear_out|attn1\.to_out\.0)\.", ".self_attn.o_proj."),
-    (r"\.self_attn\.linear_pos\.", ".self_attn.pos_proj."),
-    (r"\.(feed_forward\.w_1|ff\.net\.0\.proj)\.", ".ffn.fc1."),
-    (r"\.(feed_forward\.w_2|ff\.net\.2)\.", ".ffn.fc2."),
-    (r"_blocks\.(\d+)\.0\.", r"_blocks.\1.resnet."),
-    (r"_blocks\.(\d+)\.1\.", r"_blocks.\1.transformer_blocks."),
-    (r"_blocks\.(\d+)\.2\.(conv\.)?", r"_blocks.\1.resample."),
-    (r"\.mlp\.1\.", ".time_proj."),
-    (r"\.block\.0\.", ".conv."),
-    (r"\.block\.1\.", ".norm."),
-)
-_ORIGINAL_PREFIXES = ("input_embedding.", "spk_embed_affine_layer.", "encoder.", "encoder_proj.", "decoder.estimator.")
-# The regulator is one nn.Sequential of [Conv1d, GroupNorm, Mish] * n + [Conv1d]: index 3k -> blocks.k.conv,
-# 3k + 1 -> blocks.k.norm, the last index -> output_conv.
-_REGULATOR_KEY = re.compile(r"^length_regulator\.model\.(\d+)\.(weight|bias)$")
-
-
-def _rename(key: str, last_regulator: int) -> str | None:
-    """Our name for one original key, or None when it has no place in our model."""
-    if match := _REGULATOR_KEY.match(key):
-        index, leaf = int(match.group(1)), match.group(2)
-        if index == last_regulator:
-            return f"length_regulator.output_conv.{leaf}"
-        if index % 3 == 2:  # Mish has no parameters
-            return None
-        return f"length_regulator.blocks.{index // 3}.{('conv', 'norm')[index % 3]}.{leaf}"
-    if not key.startswith(_ORIGINAL_PREFIXES):
-        return None
-    for pattern, replacement in _RENAMES:
-        key = re.sub(pattern, replacement, key)
-    return key
-
-
-def flow_state_dict_from_original(
-    state_dict: Mapping[str, Tensor], expected_keys: Iterable[str] | None = None
-) -> dict[str, Tensor]:
-    """Rename an original `MaskedDiffWithXvec.state_dict()` (GLM-4-Voice `flow.pt`) to `FlowDecoder` names.
-
-    Args:
-        state_dict (`Mapping[str, Tensor]`): the original weights.
-        expected_keys (`Iterable[str]`, *optional*): our keys to check against (e.g. `model.state_dict().keys()`).
-
-    Returns:
-        `dict[str, Tensor]` with our names (same tensors).
-
-    Raises:
-        `ValueError`: naming the original keys that have no place in our model (unexpected) and, when
-        `expected_keys` is given, our keys left without a weight (missing).
-    """
-    regulator_indices = [int(m.group(1)) for key in state_dict if (m := _REGULATOR_KEY.match(key))]
-    last_regulator = max(regulator_indices, default=-1)
-    converted, origin, unexpected = {}, {}, []
-    for key, tensor in state_dict.items():
-        name = _rename(key, last_regulator)
-        if name is None:
-            unexpected.append(key)
-        else:
-            converted[name], origin[name] = tensor, key
-
-    missing = []
-    if expected_keys is not None:
-        expected = set(expected_keys)
-        missing = sorted(expected - set(converted))
-        unexpected += sorted(f"{origin[name]} (-> {name})" for name in converted if name not in expected)
-    if unexpected or missing:
-        raise ValueError(
-            f"flow checkpoint does not match FlowDecoder: unexpected keys {unexpected}, missing {missing}"
-        )
-    return converted

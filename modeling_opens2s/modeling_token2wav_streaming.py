@@ -7,27 +7,42 @@ Two schedules over the same flow and vocoder:
   generators. Chunking does not change the random draws (noise is drawn per absolute frame / sample), so the same
   units give the same audio whatever the chunk sizes, away from seams.
 - [`OriginalStream`]: OpenS2S `model_worker.generate_stream` + GLM-4-Voice `AudioDecoder.token2wav`, call for call,
-  as the parity target (see `ORIGINAL_BEHAVIOUR_TOKEN2WAV.md`).
+  as the parity target (see `docs/original_behaviour.md#t2w-quirks`).
 """
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import numpy as np
 import torch
 
+from .configuration_token2wav import OpenS2SToken2WavConfig
+from .modeling_token2wav_flow import FlowDecoder
+from .modeling_token2wav_hift import HiFTVocoder
 
-if TYPE_CHECKING:
-    from .modeling_token2wav import OpenS2SToken2Wav
 
-
-__all__ = ["BlockStream", "ChunkCost", "OriginalStream", "check_unit_range"]
+__all__ = ["BlockStream", "ChunkCost", "OriginalStream", "Token2WavModel", "check_unit_range"]
 
 # OpenS2S model_worker: a decoder call every 24 units.
 ORIGINAL_CHUNK_UNITS = 24
 # GLM-4-Voice AudioDecoder: 5 units of mel overlap, one cached mel frame (= hop_length source samples).
 ORIGINAL_OVERLAP_UNITS = 5
 ORIGINAL_SEED = 42
+
+
+class Token2WavModel(Protocol):
+    """What a stream reads of its decoder ([`OpenS2SToken2Wav`]): typed structurally, so this module does not import
+    the model module that imports it."""
+
+    config: OpenS2SToken2WavConfig
+    flow: FlowDecoder
+    vocoder: HiFTVocoder
+
+    @property
+    def device(self) -> torch.device: ...
+
+    @property
+    def dtype(self) -> torch.dtype: ...
 
 
 @dataclass(frozen=True)
@@ -46,13 +61,13 @@ def check_unit_range(units: torch.Tensor, vocab_size: int) -> None:
         raise ValueError(f"unit ids must lie in [0, {vocab_size}), got [{int(units.min())}, {int(units.max())}]")
 
 
-def _unit_list(model: "OpenS2SToken2Wav", units) -> list[int]:
+def _unit_list(model: Token2WavModel, units) -> list[int]:
     units = torch.as_tensor(units, dtype=torch.long).reshape(-1)
     check_unit_range(units, model.config.vocab_size)
     return units.tolist()
 
 
-def _empty_waveform(model: "OpenS2SToken2Wav") -> torch.Tensor:
+def _empty_waveform(model: Token2WavModel) -> torch.Tensor:
     return torch.zeros(1, 0, device=model.device, dtype=model.dtype)
 
 
@@ -67,13 +82,13 @@ class OriginalStream:
     Changed: a reply of fewer than 24 units works (the original raises `AttributeError` on its `prompt_feat=None`).
     """
 
-    def __init__(self, model: "OpenS2SToken2Wav", speaker_embedding: torch.Tensor | None = None):
+    def __init__(self, model: Token2WavModel, speaker_embedding: torch.Tensor | None = None):
         self.model = model
         self.speaker_embedding = speaker_embedding
-        config = model.config
         # The original hard-codes 22050 Hz and 256 samples per frame, the values of every released decoder's config.
+        flow = model.config.flow_config
         self.overlap_frames = int(
-            ORIGINAL_OVERLAP_UNITS / config.input_frame_rate * config.sampling_rate / config.hop_length
+            ORIGINAL_OVERLAP_UNITS / flow.input_frame_rate * flow.sampling_rate / flow.hop_length
         )
         self.window = torch.from_numpy(np.hamming(2 * self.overlap_frames))  # float64, as the original's numpy array
         self.pending: list[int] = []
@@ -134,7 +149,7 @@ class OriginalStream:
         return waveform
 
     def _fade(self, mel: torch.Tensor, overlap: torch.Tensor) -> torch.Tensor:
-        # Log-mel fade with the two Hamming halves (their sum is ~1.07, not 1: quirk 4), computed in float64 as the
+        # Log-mel fade with the two Hamming halves (their sum is ~1.07, not 1: OB-T2W-4), computed in float64 as the
         # original's numpy window promotes it, then stored back in the mel's dtype.
         half = self.overlap_frames
         window = self.window.to(mel.device)
@@ -165,14 +180,14 @@ class BlockStream:
 
     def __init__(
         self,
-        model: "OpenS2SToken2Wav",
+        model: Token2WavModel,
         speaker_embedding: torch.Tensor | None = None,
         generator: torch.Generator | None = None,
     ):
         self.model = model
         self.speaker_embedding = speaker_embedding
         config, device = model.config, model.device
-        block = config.encoder_block_size
+        block, mel_bins = config.flow_config.encoder_block_size, config.flow_config.mel_bins
         self.next_chunk_units = config.stream_first_chunk_blocks * block
         self.max_chunk_units = max(config.stream_chunk_blocks, config.stream_first_chunk_blocks) * block
         self.left_context_units = config.stream_left_context_blocks * block
@@ -184,8 +199,8 @@ class BlockStream:
         self.vocoder_generator = torch.Generator(device=device).manual_seed(seeds[1])
         self.units: list[int] = []
         self.rendered_units = 0
-        self.mel = torch.zeros(1, config.mel_bins, 0, device=device, dtype=model.dtype)
-        self.noise = torch.zeros(1, config.mel_bins, 0, device=device, dtype=torch.float32)
+        self.mel = torch.zeros(1, mel_bins, 0, device=device, dtype=model.dtype)
+        self.noise = torch.zeros(1, mel_bins, 0, device=device, dtype=torch.float32)
         self.source = torch.zeros(1, 1, 0, device=device, dtype=torch.float32)
         self.held_audio = _empty_waveform(model)
         self.played_frames = 0
@@ -274,7 +289,7 @@ class BlockStream:
     def _excitation(self, f0: torch.Tensor) -> torch.Tensor:
         """NSF source of new samples, its harmonic phases continuing those of the previous chunk."""
         vocoder = self.model.vocoder
-        harmonics = vocoder.num_harmonics + 1
+        harmonics = vocoder.config.num_harmonics + 1
         if self.phase is None:
             uniform = torch.rand((1, harmonics, 1), generator=self.vocoder_generator, device=f0.device)
             self.phase = (uniform * 2 - 1) * torch.pi

@@ -8,13 +8,15 @@ implemented.
 
 Block-causal attention: token `i` attends to token `j` iff `j // block_size <= i // block_size` and `j` is not
 padding. The block grid is anchored at token 0 of the sequence passed in, so the same tokens get different states
-when a stream cuts them at other offsets (quirk 7 of `ORIGINAL_BEHAVIOUR_TOKEN2WAV.md`).
+when a stream cuts them at other offsets (OB-T2W-7, `docs/original_behaviour.md#ob-t2w-7`).
 """
 
 import math
 
 import torch
 from torch import Tensor, nn
+
+from .configuration_token2wav import OpenS2SToken2WavFlowConfig
 
 
 __all__ = ["BlockConformerEncoder", "FeedForward", "block_causal_mask", "relative_position_table"]
@@ -62,14 +64,12 @@ class RelPositionSelfAttention(nn.Module):
     """Multi-head self-attention with Transformer-XL relative positions (content bias `u`, position bias `v`).
 
     Args:
-        hidden_size (`int`): model width, split into `num_heads` heads.
-        num_heads (`int`): number of attention heads.
+        config ([`OpenS2SToken2WavFlowConfig`]): `encoder_hidden_size` split into `encoder_num_heads` heads.
     """
 
-    def __init__(self, hidden_size: int, num_heads: int) -> None:
+    def __init__(self, config: OpenS2SToken2WavFlowConfig) -> None:
         super().__init__()
-        if hidden_size % num_heads:
-            raise ValueError(f"hidden_size {hidden_size} is not a multiple of num_heads {num_heads}")
+        hidden_size, num_heads = config.encoder_hidden_size, config.encoder_num_heads
         self.num_heads = num_heads
         self.head_dim = hidden_size // num_heads
         self.q_proj = nn.Linear(hidden_size, hidden_size)
@@ -141,18 +141,16 @@ class ConformerLayer(nn.Module):
     """Pre-norm layer: `x + attn(norm(x))`, then `x + ffn(norm(x))` (no convolution module, no macaron FFN).
 
     Args:
-        hidden_size (`int`): model width.
-        num_heads (`int`): attention heads.
-        ffn_dim (`int`): feed-forward inner width.
-        layer_norm_eps (`float`): LayerNorm epsilon.
+        config ([`OpenS2SToken2WavFlowConfig`]): its `encoder_*` fields.
     """
 
-    def __init__(self, hidden_size: int, num_heads: int, ffn_dim: int, layer_norm_eps: float) -> None:
+    def __init__(self, config: OpenS2SToken2WavFlowConfig) -> None:
         super().__init__()
-        self.attn_norm = nn.LayerNorm(hidden_size, eps=layer_norm_eps)
-        self.self_attn = RelPositionSelfAttention(hidden_size, num_heads)
-        self.ffn_norm = nn.LayerNorm(hidden_size, eps=layer_norm_eps)
-        self.ffn = FeedForward(hidden_size, ffn_dim, nn.SiLU())
+        hidden_size, eps = config.encoder_hidden_size, config.encoder_layer_norm_eps
+        self.attn_norm = nn.LayerNorm(hidden_size, eps=eps)
+        self.self_attn = RelPositionSelfAttention(config)
+        self.ffn_norm = nn.LayerNorm(hidden_size, eps=eps)
+        self.ffn = FeedForward(hidden_size, config.encoder_ffn_dim, nn.SiLU())
 
     def forward(self, hidden_states: Tensor, position_table: Tensor, visible: Tensor) -> Tensor:
         hidden_states = hidden_states + self.self_attn(self.attn_norm(hidden_states), position_table, visible)
@@ -163,42 +161,26 @@ class BlockConformerEncoder(nn.Module):
     """Block-causal conformer encoder with ESPnet relative positions (CosyVoice v1 `BlockConformerEncoder`).
 
     Args:
-        input_size (`int`): width of the input embeddings.
-        hidden_size (`int`): model width (and output width).
-        num_heads (`int`): attention heads per layer.
-        ffn_dim (`int`): feed-forward inner width.
-        num_layers (`int`): number of conformer layers.
-        block_size (`int`): tokens per attention block (10 for GLM-4-Voice = the units of 0.8 s).
-        layer_norm_eps (`float`, *optional*, defaults to 1e-5): epsilon of every LayerNorm (as the original).
+        config ([`OpenS2SToken2WavFlowConfig`]): input width `token_embedding_dim`; `encoder_hidden_size` (also the
+            output width), `encoder_num_heads`, `encoder_ffn_dim`, `encoder_num_layers`, `encoder_block_size` (10 for
+            GLM-4-Voice = the units of 0.8 s) and `encoder_layer_norm_eps`.
     """
 
-    def __init__(
-        self,
-        *,
-        input_size: int,
-        hidden_size: int,
-        num_heads: int,
-        ffn_dim: int,
-        num_layers: int,
-        block_size: int,
-        layer_norm_eps: float = 1e-5,
-    ) -> None:
+    def __init__(self, config: OpenS2SToken2WavFlowConfig) -> None:
         super().__init__()
-        self.hidden_size = hidden_size
-        self.block_size = block_size
-        self.input_projection = nn.Linear(input_size, hidden_size)
-        self.input_norm = nn.LayerNorm(hidden_size, eps=layer_norm_eps)
-        self.layers = nn.ModuleList(
-            ConformerLayer(hidden_size, num_heads, ffn_dim, layer_norm_eps) for _ in range(num_layers)
-        )
-        self.final_norm = nn.LayerNorm(hidden_size, eps=layer_norm_eps)
+        self.hidden_size = config.encoder_hidden_size
+        self.block_size = config.encoder_block_size
+        self.input_projection = nn.Linear(config.token_embedding_dim, self.hidden_size)
+        self.input_norm = nn.LayerNorm(self.hidden_size, eps=config.encoder_layer_norm_eps)
+        self.layers = nn.ModuleList(ConformerLayer(config) for _ in range(config.encoder_num_layers))
+        self.final_norm = nn.LayerNorm(self.hidden_size, eps=config.encoder_layer_norm_eps)
 
     def forward(self, inputs_embeds: Tensor, attention_mask: Tensor | None = None) -> Tensor:
         """Encode a batch of embedded token sequences.
 
         Args:
-            inputs_embeds (`Tensor` of shape `(batch, tokens, input_size)`): token embeddings (the flow zeroes the
-                embeddings of padding tokens before calling).
+            inputs_embeds (`Tensor` of shape `(batch, tokens, token_embedding_dim)`): token embeddings (the flow
+                zeroes the embeddings of padding tokens before calling).
             attention_mask (`Tensor` of shape `(batch, tokens)`, *optional*): 1/True for real tokens, 0/False for
                 padding; all tokens are real when omitted.
 

@@ -14,7 +14,6 @@ in the original order, so a generator seeded like the original's global one repr
 """
 
 import math
-import re
 from dataclasses import dataclass
 
 import torch
@@ -22,24 +21,13 @@ import torch.nn.functional as F
 from torch import nn
 from transformers.utils import ModelOutput
 
+from .configuration_token2wav import OpenS2SToken2WavHiFTConfig
 
-__all__ = ["HiFTOutput", "HiFTVocoder", "hift_state_dict_from_original"]
+
+__all__ = ["F0_PREDICTOR_LAYERS", "HiFTOutput", "HiFTVocoder"]
 
 # Convolutions of the f0 predictor (fixed in the original `ConvRNNF0Predictor`).
 F0_PREDICTOR_LAYERS = 5
-
-# Original `HiFTGenerator` key fragment -> ours, applied in order (regular expressions). Weight-norm pairs are folded
-# into `.weight` first; every original key must be changed by at most these rules into one of our keys.
-ORIGINAL_KEY_RENAMES: tuple[tuple[str, str], ...] = (
-    (r"^m_source\.l_linear\.", "source_linear."),
-    *((rf"^f0_predictor\.condnet\.{2 * i}\.", f"f0_predictor.convs.{i}.") for i in range(F0_PREDICTOR_LAYERS)),
-    (r"^ups\.", "upsamples."),
-    (r"^source_downs\.", "source_downsamples."),
-    (r"\.convs1\.(\d+)\.", r".layers.\1.dilated_conv."),
-    (r"\.convs2\.(\d+)\.", r".layers.\1.conv."),
-    (r"\.activations1\.(\d+)\.", r".layers.\1.dilated_snake."),
-    (r"\.activations2\.(\d+)\.", r".layers.\1.snake."),
-)
 
 
 @dataclass
@@ -128,79 +116,35 @@ class HiFTVocoder(nn.Module):
     HiFT vocoder: mel `(batch, mel_bins, frames)` -> waveform `(batch, frames * samples_per_frame)`.
 
     Args:
-        mel_bins (`int`): Mel channels of the input.
-        base_channels (`int`): Channels after the input convolution, halved by every upsampling stage.
-        num_harmonics (`int`): Overtones of the sine source; the bank has `num_harmonics + 1` sines.
-        sampling_rate (`int`): Output sample rate in Hz (the sine bank's phase increment is `f0 / sampling_rate`).
-        upsample_rates (`list[int]`): Strides of the transposed convolutions.
-        upsample_kernel_sizes (`list[int]`): Their kernels.
-        istft_n_fft (`int`): FFT size (= window) of the source STFT and of the output iSTFT.
-        istft_hop_length (`int`): Hop of both.
-        resblock_kernel_sizes (`list[int]`), resblock_dilation_sizes (`list[list[int]]`):
-            The residual blocks averaged after every upsampling stage, one per kernel.
-        source_resblock_kernel_sizes (`list[int]`), source_resblock_dilation_sizes (`list[list[int]]`):
-            The residual block on the source branch of each upsampling stage.
-        lrelu_slope (`float`): Leaky-ReLU slope before each upsampling (the one before `conv_post` is 0.01).
-        audio_limit (`float`): The waveform is clamped to `[-audio_limit, audio_limit]`.
-        nsf_alpha (`float`): Sine amplitude; unvoiced samples get noise of std `nsf_alpha / 3` instead.
-        nsf_sigma (`float`): Noise std added on voiced samples.
-        voiced_threshold (`float`): Samples with f0 above this (Hz) are voiced.
-        f0_cond_channels (`int`): Width of the f0 predictor.
+        config ([`OpenS2SToken2WavHiFTConfig`]):
+            Channels (`base_channels`, halved by every upsampling stage; `f0_cond_channels` of the f0 predictor), the
+            upsampling stages (`upsample_rates`, `upsample_kernel_sizes`), the residual blocks averaged after every
+            stage (`resblock_*`, one per kernel) and the one on each stage's source branch (`source_resblock_*`),
+            the iSTFT head (`istft_n_fft`, `istft_hop_length`) and the sine source (`num_harmonics`, `nsf_*`,
+            `voiced_threshold`, `sampling_rate`). `lrelu_slope` is the Leaky-ReLU slope before each upsampling
+            (the one before `conv_post` is 0.01).
     """
 
-    def __init__(
-        self,
-        *,
-        mel_bins: int,
-        base_channels: int,
-        num_harmonics: int,
-        sampling_rate: int,
-        upsample_rates: list[int],
-        upsample_kernel_sizes: list[int],
-        istft_n_fft: int,
-        istft_hop_length: int,
-        resblock_kernel_sizes: list[int],
-        resblock_dilation_sizes: list[list[int]],
-        source_resblock_kernel_sizes: list[int],
-        source_resblock_dilation_sizes: list[list[int]],
-        lrelu_slope: float,
-        audio_limit: float,
-        nsf_alpha: float,
-        nsf_sigma: float,
-        voiced_threshold: float,
-        f0_cond_channels: int,
-    ):
+    def __init__(self, config: OpenS2SToken2WavHiFTConfig):
         super().__init__()
-        if not len(upsample_rates) == len(upsample_kernel_sizes) == len(source_resblock_kernel_sizes):
-            raise ValueError("upsample_rates, upsample_kernel_sizes and source_resblock_kernel_sizes must pair up")
-        self.num_harmonics = num_harmonics
-        self.sampling_rate = sampling_rate
-        self.upsample_rates = list(upsample_rates)
-        self.n_fft = istft_n_fft
-        self.hop_length = istft_hop_length
-        self.lrelu_slope = lrelu_slope
-        self.audio_limit = audio_limit
-        self.nsf_alpha = nsf_alpha
-        self.nsf_sigma = nsf_sigma
-        self.voiced_threshold = voiced_threshold
-        self.num_kernels = len(resblock_kernel_sizes)
-
-        self.f0_predictor = HiFTF0Predictor(mel_bins, f0_cond_channels)
-        self.source_linear = nn.Linear(num_harmonics + 1, 1)
-        self.conv_pre = nn.Conv1d(mel_bins, base_channels, 7, padding=3)
+        self.config = config
+        base_channels, upsample_rates = config.base_channels, config.upsample_rates
+        self.f0_predictor = HiFTF0Predictor(config.mel_bins, config.f0_cond_channels)
+        self.source_linear = nn.Linear(config.num_harmonics + 1, 1)
+        self.conv_pre = nn.Conv1d(config.mel_bins, base_channels, 7, padding=3)
         self.upsamples = nn.ModuleList(
             nn.ConvTranspose1d(
                 base_channels // 2**i, base_channels // 2 ** (i + 1), kernel, rate, padding=(kernel - rate) // 2
             )
-            for i, (rate, kernel) in enumerate(zip(upsample_rates, upsample_kernel_sizes, strict=True))
+            for i, (rate, kernel) in enumerate(zip(upsample_rates, config.upsample_kernel_sizes, strict=True))
         )
         # The source STFT (one frame per `istft_hop_length` samples) is brought down to each stage's frame rate:
         # stage i runs at prod(upsample_rates[: i + 1]) frames per mel frame, the STFT at prod(upsample_rates).
-        spectrum_channels = istft_n_fft + 2
+        spectrum_channels = config.istft_n_fft + 2
         self.source_downsamples = nn.ModuleList()
         self.source_resblocks = nn.ModuleList()
         for i, (kernel, dilations) in enumerate(
-            zip(source_resblock_kernel_sizes, source_resblock_dilation_sizes, strict=True)
+            zip(config.source_resblock_kernel_sizes, config.source_resblock_dilation_sizes, strict=True)
         ):
             channels = base_channels // 2 ** (i + 1)
             stride = math.prod(upsample_rates[i + 1 :])
@@ -214,14 +158,14 @@ class HiFTVocoder(nn.Module):
         self.resblocks = nn.ModuleList(
             HiFTResBlock(base_channels // 2 ** (i + 1), kernel, dilations)
             for i in range(len(upsample_rates))
-            for kernel, dilations in zip(resblock_kernel_sizes, resblock_dilation_sizes, strict=True)
+            for kernel, dilations in zip(config.resblock_kernel_sizes, config.resblock_dilation_sizes, strict=True)
         )
         self.conv_post = nn.Conv1d(base_channels // 2 ** len(upsample_rates), spectrum_channels, 7, padding=3)
 
     @property
     def samples_per_frame(self) -> int:
         """Waveform samples per mel frame: `prod(upsample_rates) * istft_hop_length` (256 for GLM-4-Voice)."""
-        return math.prod(self.upsample_rates) * self.hop_length
+        return self.config.samples_per_frame
 
     def predict_f0(self, mel: torch.Tensor) -> torch.Tensor:
         """
@@ -259,8 +203,8 @@ class HiFTVocoder(nn.Module):
         Returns:
             `torch.Tensor` of shape `(batch_size, num_harmonics + 1, samples)`: float32 radians.
         """
-        harmonics = torch.arange(1, self.num_harmonics + 2, device=f0_samples.device, dtype=torch.float32)
-        cycles_per_sample = f0_samples.float()[:, None, :] * harmonics[None, :, None] / self.sampling_rate
+        harmonics = torch.arange(1, self.config.num_harmonics + 2, device=f0_samples.device, dtype=torch.float32)
+        cycles_per_sample = f0_samples.float()[:, None, :] * harmonics[None, :, None] / self.config.sampling_rate
         # `mod 1` keeps the phase small before the sine, as the original does (bit-level parity).
         return 2 * math.pi * (torch.cumsum(cycles_per_sample, dim=-1) % 1) + initial_phase.float()
 
@@ -279,9 +223,9 @@ class HiFTVocoder(nn.Module):
         Returns:
             `torch.Tensor` of shape `(batch_size, 1, samples)`: the source, in the weights' dtype.
         """
-        voiced = (f0_samples.float() > self.voiced_threshold).float()[:, None, :]
-        noise_std = voiced * self.nsf_sigma + (1 - voiced) * self.nsf_alpha / 3
-        sines = self.nsf_alpha * torch.sin(phases.float()) * voiced + noise_std * noise.float()
+        voiced = (f0_samples.float() > self.config.voiced_threshold).float()[:, None, :]
+        noise_std = voiced * self.config.nsf_sigma + (1 - voiced) * self.config.nsf_alpha / 3
+        sines = self.config.nsf_alpha * torch.sin(phases.float()) * voiced + noise_std * noise.float()
         merged = self.source_linear(sines.transpose(1, 2).to(self.source_linear.weight.dtype))
         return torch.tanh(merged).transpose(1, 2)
 
@@ -300,40 +244,41 @@ class HiFTVocoder(nn.Module):
         dtype = self.conv_pre.weight.dtype
         spectrum = torch.stft(
             source.squeeze(1).float(),
-            self.n_fft,
-            self.hop_length,
-            self.n_fft,
+            self.config.istft_n_fft,
+            self.config.istft_hop_length,
+            self.config.istft_n_fft,
             window=self._float_window(),
             return_complex=True,
         )
         source_features = torch.cat([spectrum.real, spectrum.imag], dim=1).to(dtype)
 
         hidden_states = self.conv_pre(mel.to(dtype))
+        num_kernels = len(self.config.resblock_kernel_sizes)
         for i, upsample in enumerate(self.upsamples):
-            hidden_states = upsample(F.leaky_relu(hidden_states, self.lrelu_slope))
+            hidden_states = upsample(F.leaky_relu(hidden_states, self.config.lrelu_slope))
             if i == len(self.upsamples) - 1:
                 # One extra frame on the left: the iSTFT (center=True) needs samples / hop + 1 frames.
                 hidden_states = F.pad(hidden_states, (1, 0), mode="reflect")
             hidden_states = hidden_states + self.source_resblocks[i](self.source_downsamples[i](source_features))
-            blocks = self.resblocks[i * self.num_kernels : (i + 1) * self.num_kernels]
+            blocks = self.resblocks[i * num_kernels : (i + 1) * num_kernels]
             total = blocks[0](hidden_states)
             for block in blocks[1:]:
                 total = total + block(hidden_states)
-            hidden_states = total / self.num_kernels
+            hidden_states = total / num_kernels
 
         # The last activation uses leaky_relu's default slope (0.01), not `lrelu_slope`, as the original.
         spectrum = self.conv_post(F.leaky_relu(hidden_states)).float()
-        magnitude = torch.exp(spectrum[:, : self.n_fft // 2 + 1]).clamp(max=1e2)
+        magnitude = torch.exp(spectrum[:, : self.config.istft_n_fft // 2 + 1]).clamp(max=1e2)
         # The original takes sin() of the phase output (a bounded phase); kept for weight compatibility.
-        phase = torch.sin(spectrum[:, self.n_fft // 2 + 1 :])
+        phase = torch.sin(spectrum[:, self.config.istft_n_fft // 2 + 1 :])
         waveform = torch.istft(
             torch.complex(magnitude * torch.cos(phase), magnitude * torch.sin(phase)),
-            self.n_fft,
-            self.hop_length,
-            self.n_fft,
+            self.config.istft_n_fft,
+            self.config.istft_hop_length,
+            self.config.istft_n_fft,
             window=self._float_window(),
         )
-        return waveform.clamp(-self.audio_limit, self.audio_limit).to(dtype)
+        return waveform.clamp(-self.config.audio_limit, self.config.audio_limit).to(dtype)
 
     def draw_noise(
         self, batch_size: int, samples: int, generator: torch.Generator
@@ -353,7 +298,7 @@ class HiFTVocoder(nn.Module):
             `tuple(torch.Tensor, torch.Tensor)`: `initial_phase` `(batch_size, num_harmonics + 1, 1)` radians and
             `noise` `(batch_size, num_harmonics + 1, samples)`, both float32.
         """
-        shape = (batch_size, self.num_harmonics + 1)
+        shape = (batch_size, self.config.num_harmonics + 1)
         device = generator.device
         low = torch.tensor(-math.pi, device=device)
         high = torch.tensor(math.pi, device=device)
@@ -413,75 +358,5 @@ class HiFTVocoder(nn.Module):
     def _float_window(self) -> torch.Tensor:
         """The float32 periodic Hann window of the STFT/iSTFT. Made per call (n_fft is tiny) rather than kept as a
         buffer: `from_pretrained` leaves non-persistent buffers uninitialised, and `.to(bfloat16)` would round it."""
-        return torch.hann_window(self.n_fft, periodic=True, dtype=torch.float32, device=self.conv_post.weight.device)
-
-
-def _original_key_template(keys: set[str]) -> set[str]:
-    """Every key an original `HiFTGenerator` state dict with as many blocks (by index) as `keys` must hold."""
-
-    def count(prefix: str) -> int:
-        found = [re.match(r"\d+", key[len(prefix) :]) for key in keys if key.startswith(prefix)]
-        return max((int(match.group()) + 1 for match in found if match), default=0)
-
-    def normed(name: str) -> set[str]:
-        return {f"{name}.bias", f"{name}.weight_g", f"{name}.weight_v"}
-
-    def plain(name: str) -> set[str]:
-        return {f"{name}.bias", f"{name}.weight"}
-
-    expected = plain("m_source.l_linear") | plain("f0_predictor.classifier") | normed("conv_pre") | normed("conv_post")
-    for i in range(F0_PREDICTOR_LAYERS):
-        expected |= normed(f"f0_predictor.condnet.{2 * i}")
-    expected |= {key for i in range(count("ups.")) for key in normed(f"ups.{i}")}
-    expected |= {key for i in range(count("source_downs.")) for key in plain(f"source_downs.{i}")}
-    for group in ("source_resblocks", "resblocks"):
-        for block in range(count(f"{group}.")):
-            prefix = f"{group}.{block}"
-            for j in range(count(f"{prefix}.convs1.")):
-                expected |= normed(f"{prefix}.convs1.{j}") | normed(f"{prefix}.convs2.{j}")
-                expected |= {f"{prefix}.activations1.{j}.alpha", f"{prefix}.activations2.{j}.alpha"}
-    return expected
-
-
-def _fold_weight_norm(magnitude: torch.Tensor, direction: torch.Tensor) -> torch.Tensor:
-    """Legacy `weight_norm(dim=0)`: `W = g * v / ||v||`, the norm over every dim but 0 (for ConvTranspose1d: input)."""
-    direction32 = direction.float()
-    norm = torch.linalg.vector_norm(direction32, dim=tuple(range(1, direction.dim())), keepdim=True)
-    return (direction32 * (magnitude.float() / norm)).to(direction.dtype)
-
-
-def hift_state_dict_from_original(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """
-    Convert an original CosyVoice / GLM-4-Voice `HiFTGenerator` state dict (`hift.pt`) to [`HiFTVocoder`] keys.
-
-    Weight-norm pairs (`*.weight_g`, `*.weight_v`) are folded into plain `*.weight`, and keys are renamed with
-    `ORIGINAL_KEY_RENAMES` (e.g. `ups.0.*` -> `upsamples.0.*`, `resblocks.0.convs1.2.*` ->
-    `resblocks.0.layers.2.dilated_conv.*`).
-
-    Args:
-        state_dict (`dict[str, torch.Tensor]`): As `torch.load("hift.pt", weights_only=True)` returns it.
-
-    Returns:
-        `dict[str, torch.Tensor]`: Loadable with `HiFTVocoder.load_state_dict(..., strict=True)`.
-
-    Raises:
-        `ValueError`: when keys of an original checkpoint are missing or keys it cannot hold are present.
-    """
-    keys = set(state_dict)
-    expected = _original_key_template(keys)
-    missing, unexpected = sorted(expected - keys), sorted(keys - expected)
-    if missing or unexpected:
-        raise ValueError(
-            f"not an original HiFTGenerator state dict: missing {missing[:10]}{' ...' if len(missing) > 10 else ''}"
-            f"; unexpected {unexpected[:10]}{' ...' if len(unexpected) > 10 else ''}"
-        )
-    converted = {}
-    for key, tensor in state_dict.items():
-        if key.endswith(".weight_v"):
-            continue
-        if key.endswith(".weight_g"):
-            key, tensor = key[: -len("_g")], _fold_weight_norm(tensor, state_dict[key[: -len("g")] + "v"])
-        for pattern, replacement in ORIGINAL_KEY_RENAMES:
-            key = re.sub(pattern, replacement, key)
-        converted[key] = tensor
-    return converted
+        device = self.conv_post.weight.device
+        return torch.hann_window(self.config.istft_n_fft, periodic=True, dtype=torch.float32, device=device)
