@@ -19,6 +19,7 @@ import logging
 import time
 from collections.abc import AsyncIterator
 
+import numpy as np
 from fastapi import FastAPI, Request, WebSocket
 from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 
@@ -132,7 +133,7 @@ async def _stream_answer(server: OpenS2SServer, answer: Answer, conversation, pr
                 stats = event.stats
                 server.remember(answer.audio_id, answer.text)
                 yield _sse(protocol.chunk(answer.id, model, {}, protocol.finish_reason(stats)))
-                if answer.request.extra["include_usage"]:
+                if answer.request.include_usage:
                     yield _sse(protocol.chunk(answer.id, model, None, usage=protocol.usage(prompt_tokens, stats)))
                 yield _sse("[DONE]")
             elif (delta := answer.delta(event)) is not None:
@@ -161,8 +162,6 @@ async def _collect_answer(server: OpenS2SServer, answer: Answer, conversation, p
             stats = event.stats
     message_audio = None
     if answer.request.speak and audio:
-        import numpy as np
-
         data = protocol.audio_bytes(np.concatenate(audio), server.output_rate, answer.request.audio_format)
         message_audio = {
             "id": answer.audio_id,

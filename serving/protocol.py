@@ -10,7 +10,7 @@ import io
 import time
 import uuid
 import wave
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -92,6 +92,7 @@ class ChatRequest:
         audio_format (`str`): one of `AUDIO_FORMATS`.
         max_new_tokens (`int`, *optional*): `max_completion_tokens` (or the older `max_tokens`).
         temperature, top_p (`float`, *optional*): text sampling; temperature 0 decodes greedily.
+        include_usage (`bool`): `stream_options.include_usage` (default true): end a stream with a usage chunk.
         seed (`int`, *optional*): seeds sampling and the voice's noise (reproducible answers).
         logit_bias (`dict[int, float]`, *optional*): added to the text logits of those token ids (-100 bans one).
     """
@@ -106,8 +107,8 @@ class ChatRequest:
     top_p: float | None = None
     seed: int | None = None
     logit_bias: dict[int, float] | None = None
+    include_usage: bool = True
     audio_seconds: float = 0.0
-    extra: dict = field(default_factory=dict)
 
 
 def decode_audio(data: str, audio_format: str | None, max_seconds: float, sampling_rate: int) -> np.ndarray:
@@ -269,7 +270,7 @@ def parse_chat_request(
         seed=_number(body, "seed", int, -(2**63)),
         logit_bias=logit_bias or None,
         audio_seconds=audio_seconds,
-        extra={"include_usage": bool((body.get("stream_options") or {}).get("include_usage", True))},
+        include_usage=bool((body.get("stream_options") or {}).get("include_usage", True)),
     )
 
 
