@@ -16,7 +16,7 @@ Two training layouts ([`PROMPT_LAYOUTS`]):
   model is trained on the prompts it is asked with.
 - `"original"`: the original OpenS2S `process_dataset` layout, kept to reproduce the original's training: the think
   block is `<think></think>` (no newlines) and every piece (`<|im_start|>`, the role, `\\n`, ...) is tokenised on its
-  own. The original thus trained on other ids than its worker prompted with (docs: quirk 6).
+  own. The original thus trained on other ids than its worker prompted with (`docs/original_behaviour.md#ob-llm-6`).
 """
 
 import re
