@@ -21,6 +21,7 @@ from opens2s.modeling_opens2s.configuration_opens2s import OpenS2SConfig, parse_
 from opens2s.modeling_opens2s.feature_extraction_opens2s import OpenS2SFeatureExtractor
 from opens2s.modeling_opens2s.modeling_opens2s import TOKEN2WAV_SUBFOLDER
 from opens2s.modeling_opens2s.processing_opens2s import OpenS2SProcessor, find_unit_tokens
+from opens2s.modeling_opens2s.saving_opens2s import ORIGINAL_REPO, write_model_card
 from opens2s.modeling_opens2s.streaming_opens2s import SPEECH_GENERATION_CONFIG_NAME
 
 
@@ -298,6 +299,7 @@ def convert_original_checkpoint(
     config.auto_map = {
         "AutoConfig": "configuration_opens2s.OpenS2SConfig",
         "AutoModel": "modeling_opens2s.OpenS2SForConditionalGeneration",
+        "AutoModelForMultimodalLM": "modeling_opens2s.OpenS2SForConditionalGeneration",
     }
     config.save_pretrained(dst)
     audio_dir = src / "audio"
@@ -318,6 +320,7 @@ def convert_original_checkpoint(
             speech_config = units_only_generation_config(speech_config, config, processor)
         speech_config.save_pretrained(dst, config_file_name=SPEECH_GENERATION_CONFIG_NAME)
     export_remote_code(dst)
+    write_model_card(dst, base_model=ORIGINAL_REPO)
     if token2wav is not None:
         from opens2s.conversion.convert_original_token2wav import convert_original_token2wav
 

@@ -30,6 +30,7 @@ REMOTE_CODE_FILES = [
     "processing_opens2s.py",
     "streaming_opens2s.py",
     "engine_opens2s.py",
+    "saving_opens2s.py",
 ]
 # The token2wav decoder's files: a standalone token2wav folder holds these; an OpenS2S folder holds both lists
 # (`modeling_opens2s.py` imports the decoder lazily, but transformers copies every relative import).

@@ -126,6 +126,20 @@ def count_targets(labels: torch.Tensor) -> torch.Tensor:
     return labels[:, 1:].ne(IGNORE_INDEX).sum()
 
 
+def left_padded(
+    input_ids: torch.LongTensor | None, attention_mask: torch.Tensor | None
+) -> tuple[torch.LongTensor | None, torch.Tensor | None]:
+    """Move right padding to the left (`(batch_size, sequence_length)` each), as decoder-only generation needs: a row
+    padded on the right would continue from its padding. Left-padded or unpadded inputs come back unchanged."""
+    if input_ids is None or attention_mask is None or input_ids.dim() != 2:
+        return input_ids, attention_mask
+    if not bool((attention_mask[:, 1:] < attention_mask[:, :-1]).any()):  # no token is followed by padding
+        return input_ids, attention_mask
+    # A stable sort on the mask puts every row's padding (0) first and keeps the order of its tokens (1).
+    order = torch.sort(attention_mask.long(), dim=-1, stable=True).indices
+    return input_ids.gather(-1, order), attention_mask.gather(-1, order)
+
+
 class OpenS2SAudioAdapter(nn.Module):
     """Encoder frames -> LLM embeddings: stride-2 convolutions each followed by a GLU over channels, then
     `x + fc2(gelu(fc1(x)))` and LayerNorm (original `Subsampler`; BLSP-Emo, arXiv 2406.03872)."""
@@ -296,10 +310,15 @@ class OpenS2SForConditionalGeneration(OpenS2SPreTrainedModel, GenerationMixin):
             [`OpenS2SAudioOutput`]: the adapter output (`pooler_output`, `(num_audios, frames, llm_hidden)`), its valid
             frames per audio (`audio_lengths`) and the encoder output (`last_hidden_state`).
         """
-        encoded = self._encode_audio_windows(input_features, feature_attention_mask, **kwargs)
+        encoded = self._encode_audio_windows(input_features, feature_attention_mask, return_dict=True, **kwargs)
         audio_embeds, audio_lengths = self.audio_adapter(encoded.last_hidden_state, encoded.audio_lengths)
-        encoded.pooler_output, encoded.audio_lengths = audio_embeds, audio_lengths
-        return encoded
+        return OpenS2SAudioOutput(
+            last_hidden_state=encoded.last_hidden_state,
+            pooler_output=audio_embeds,
+            audio_lengths=audio_lengths,
+            hidden_states=encoded.hidden_states,
+            attentions=encoded.attentions,
+        )
 
     @can_return_tuple
     def _encode_audio_windows(
@@ -368,7 +387,7 @@ class OpenS2SForConditionalGeneration(OpenS2SPreTrainedModel, GenerationMixin):
             return embed_tokens(input_ids)
         if feature_attention_mask is None:
             raise ValueError("feature_attention_mask is required with input_features (it marks the valid frames)")
-        audio = self.get_audio_features(input_features, feature_attention_mask)
+        audio = self.get_audio_features(input_features, feature_attention_mask, return_dict=True)
         audio_embeds, audio_lengths = audio.pooler_output, audio.audio_lengths
         valid = torch.arange(audio_embeds.shape[1], device=audio_lengths.device)[None, :] < audio_lengths[:, None]
         audio_frames = audio_embeds[valid]
@@ -641,6 +660,7 @@ class OpenS2SForConditionalGeneration(OpenS2SPreTrainedModel, GenerationMixin):
         With `return_speech=False` it is `GenerationMixin.generate` (text only, batched, returns token ids).
         """
         if not return_speech:
+            input_ids, kwargs["attention_mask"] = left_padded(input_ids, kwargs.get("attention_mask"))
             return super().generate(input_ids, **kwargs)
         if "logits_processor" in kwargs:
             kwargs["text_logits_processor"] = kwargs.pop("logits_processor")

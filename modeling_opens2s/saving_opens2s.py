@@ -99,7 +99,9 @@ def write_model_card(folder: str | Path, repo: str | None = None, base_model: st
 
 def _token2wav_source(model) -> Path | None:
     """The local `token2wav/` folder next to the weights `model` was loaded from, if any."""
-    source = Path(model.config.name_or_path or ".") / TOKEN2WAV_SUBFOLDER
+    if not model.config.name_or_path:  # built in code, never loaded
+        return None
+    source = Path(model.config.name_or_path) / TOKEN2WAV_SUBFOLDER
     return source if (source / "config.json").exists() else None
 
 
@@ -107,8 +109,12 @@ def _copy_processor(model, folder: Path) -> None:
     """Save the processor of the local folder `model` was loaded from, when it has one (the trainer saves its own)."""
     from .processing_opens2s import OpenS2SProcessor
 
-    source = Path(model.config.name_or_path or ".")
-    if (source / "processor_config.json").exists() and not (folder / "processor_config.json").exists():
+    source = Path(model.config.name_or_path)
+    if (
+        model.config.name_or_path
+        and (source / "processor_config.json").exists()
+        and not (folder / "processor_config.json").exists()
+    ):
         # The model itself was loaded from this folder, so its code is already trusted.
         OpenS2SProcessor.from_pretrained(str(source), trust_remote_code=True).save_pretrained(folder)
 
@@ -130,7 +136,9 @@ def save_speech_parts(model, folder: str | Path) -> None:
     elif (source := _token2wav_source(model)) is not None:
         shutil.copytree(source, folder / TOKEN2WAV_SUBFOLDER)
     else:
-        logger.warning(
+        # A model built in code has no decoder to lose; one loaded from elsewhere may have had one.
+        log = logger.warning if model.config.name_or_path else logger.info
+        log(
             "No token2wav decoder is attached and %r has no local token2wav/ folder: the saved folder writes speech "
             "units but cannot make audio until one is attached (model.attach_token2wav(...)) and saved.",
             model.config.name_or_path,

@@ -1,7 +1,9 @@
 """[`OpenS2STrainer`]: TRL's `SFTTrainer` on interleaved speech/text conversations."""
 
+import dataclasses
+
 import torch
-from transformers import AutoModel, AutoProcessor, PreTrainedModel
+from transformers import AutoModel, AutoProcessor, PreTrainedModel, TrainingArguments
 from transformers.utils import logging
 from trl import SFTTrainer
 from trl.trainer.utils import get_config_model_id
@@ -38,13 +40,16 @@ class OpenS2STrainer(SFTTrainer):
     - `args.lora` builds the LoRA config of the stage ([`build_lora_config`]) when no `peft_config` is passed;
     - `args.text_loss_weight` / `args.speech_loss_weight`, when set, are written into `model.config`.
 
-    The loss of a micro-batch is a mean over its target tokens (as in the original training), so the trainer divides
-    it by the gradient accumulation steps (`loss_is_scaled_for_ga = False`) instead of rescaling by token counts.
+    With gradient accumulation the text and speech losses are sums over the micro-batch divided by the target counts
+    of the whole optimiser step (`num_items_in_batch` as `Trainer` counts it for `labels`, and
+    `num_speech_items_in_batch` for the units, counted here), so accumulating micro-batches gives the loss and the
+    gradient of the full batch; without accumulation each is the plain mean over its targets, as in the original.
 
     Args:
         model (`str` or [`PreTrainedModel`]): an OpenS2S model, or a folder / Hub id loaded with `AutoModel` (with
             `args.trust_remote_code` and `args.model_init_kwargs`).
-        args ([`OpenS2SSFTConfig`], *optional*): defaults to `OpenS2SSFTConfig("<model name>-OpenS2S")`.
+        args ([`OpenS2SSFTConfig`], *optional*): defaults to `OpenS2SSFTConfig("<model name>-OpenS2S")`. A parent
+            config (`trl.SFTConfig`, `transformers.TrainingArguments`) is converted, with the default stage (`sft`).
         data_collator (`Callable`, *optional*): defaults to the stage's collator built on `processing_class`.
         processing_class ([`OpenS2SProcessor`], *optional*): defaults to `AutoProcessor` of the model's folder.
         peft_config ([`~peft.PeftConfig`], *optional*): LoRA config; defaults to the stage's when `args.lora`.
@@ -53,7 +58,6 @@ class OpenS2STrainer(SFTTrainer):
 
     _tag_names = ["trl", "opens2s"]
     _name = "OpenS2S"
-    loss_is_scaled_for_ga = False
 
     def __init__(
         self,
@@ -67,8 +71,8 @@ class OpenS2STrainer(SFTTrainer):
         if args is None:
             model_name = model if isinstance(model, str) else get_config_model_id(model.config)
             args = OpenS2SSFTConfig(f"{model_name.split('/')[-1]}-OpenS2S")
-        if not isinstance(args, OpenS2SSFTConfig):
-            raise TypeError(f"args must be an OpenS2SSFTConfig (it names the stage), got {type(args).__name__}")
+        elif isinstance(args, TrainingArguments) and not isinstance(args, OpenS2SSFTConfig):
+            args = _as_opens2s_config(args)
         if isinstance(model, str):
             init_kwargs = {"trust_remote_code": args.trust_remote_code, **(args.model_init_kwargs or {})}
             model = AutoModel.from_pretrained(model, **init_kwargs)
@@ -104,8 +108,26 @@ class OpenS2STrainer(SFTTrainer):
             **kwargs,
         )
 
+    def get_batch_samples(self, epoch_iterator, num_batches, device):
+        """`Trainer.get_batch_samples`, plus the speech targets of the step's micro-batches written into each one as
+        `num_speech_items_in_batch` (the speech counterpart of `num_items_in_batch`)."""
+        batch_samples, num_items_in_batch = super().get_batch_samples(epoch_iterator, num_batches, device)
+        if num_items_in_batch is not None and self.model_accepts_loss_kwargs:
+            counts = [batch["speech_units_mask"].sum() for batch in batch_samples if "speech_units_mask" in batch]
+            if counts:
+                total = torch.stack(counts).sum().to(device)
+                if self.args.average_tokens_across_devices and self.args.world_size > 1:
+                    total = self.accelerator.gather(total).sum()
+                for batch in batch_samples:
+                    batch["num_speech_items_in_batch"] = total
+        return batch_samples, num_items_in_batch
+
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         mode = "train" if self.model.training else "eval"
+        if num_items_in_batch is not None and self.model_accepts_loss_kwargs:
+            inputs = {**inputs, "num_items_in_batch": num_items_in_batch}
+        else:
+            inputs = {key: value for key, value in inputs.items() if key != "num_speech_items_in_batch"}
         outputs = model(**inputs, use_cache=False)
         if outputs.get("loss") is None:
             raise ValueError("the batch has neither `labels` nor `speech_units`: there is no loss to train on")
@@ -113,6 +135,15 @@ class OpenS2STrainer(SFTTrainer):
         if text_loss is None and speech_loss is None:
             # Stage 2a trains the speech decoder alone: a causal LM over [text prefix, units], its loss the unit loss.
             speech_loss = outputs.loss
+        elif "num_items_in_batch" in inputs:
+            # Logged as means over this micro-batch's targets, whatever the accumulation.
+            text_loss = _as_mean(text_loss, inputs["num_items_in_batch"], inputs["labels"][:, 1:].ne(-100).sum())
+            speech_count = inputs.get("speech_units_mask")
+            speech_loss = _as_mean(
+                speech_loss,
+                inputs.get("num_speech_items_in_batch"),
+                None if speech_count is None else speech_count.sum(),
+            )
         self._log_losses(mode, text_loss=text_loss, speech_loss=speech_loss)
         return (outputs.loss, outputs) if return_outputs else outputs.loss
 
@@ -133,3 +164,29 @@ class OpenS2STrainer(SFTTrainer):
             total, count = totals[2 * index], totals[2 * index + 1]
             if count > 0:
                 self._metrics[mode][name].append((total / count).item())
+
+
+def _as_mean(loss: torch.Tensor | None, step_items, micro_batch_items) -> torch.Tensor | None:
+    """A loss summed over a micro-batch and divided by the step's target count, back as the micro-batch mean."""
+    if loss is None or step_items is None or micro_batch_items is None or int(micro_batch_items) == 0:
+        return loss
+    return loss * step_items / micro_batch_items
+
+
+def _as_opens2s_config(args: TrainingArguments) -> OpenS2SSFTConfig:
+    """A parent config (`SFTConfig`, `TrainingArguments`) as an [`OpenS2SSFTConfig`]: the fields the user set (those
+    that differ from the parent class's defaults) are kept; the rest, the stage included, take OpenS2S's defaults."""
+    values = {"output_dir": args.output_dir}
+    for field in dataclasses.fields(args):
+        if not field.init:
+            continue
+        if field.default is not dataclasses.MISSING:
+            default = field.default
+        elif field.default_factory is not dataclasses.MISSING:
+            default = field.default_factory()
+        else:
+            default = dataclasses.MISSING
+        value = getattr(args, field.name)  # not `to_dict()`: it masks every `*_token` field (eos_token included)
+        if default is dataclasses.MISSING or value != default:
+            values[field.name] = value
+    return OpenS2SSFTConfig(**values)
