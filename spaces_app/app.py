@@ -165,11 +165,6 @@ class OpenS2SSpace:
             if (voice := load_voice(path, dim)) is not None:
                 self.voices[name] = voice
 
-    @property
-    def sampling_rate(self) -> int:
-        """The rate questions are read at (the feature extractor's, 16 kHz)."""
-        return self.speech_model.processor.feature_extractor.sampling_rate
-
     def default_sampling(self) -> tuple[float, float]:
         """`(temperature, top_p)` of the model's generation config (temperature 0 when it decodes greedily)."""
         config = self.speech_model.model.generation_config
@@ -196,7 +191,10 @@ class OpenS2SSpace:
         if audio is None:
             raise gr.Error("Record or upload a spoken question first.", print_exception=False)
         try:
-            waveform = load_audio(audio, target_sampling_rate=self.sampling_rate)
+            extractor = self.speech_model.processor.feature_extractor
+            waveform = load_audio(
+                audio, target_sampling_rate=extractor.sampling_rate, max_seconds=extractor.max_audio_seconds
+            )
         except (OSError, ValueError) as error:
             raise gr.Error(f"Could not read this audio: {error}", print_exception=False) from None
         return waveform

@@ -180,8 +180,8 @@ def _bad_audio(tmp_path, kind: str) -> str | None:
         pytest.param("missing", "Record or upload a spoken question first", id="no-audio"),
         pytest.param("not_audio", "Could not read this audio: cannot read audio file", id="not-audio"),
         pytest.param("empty", "Could not read this audio: audio file .* is empty", id="empty"),
-        pytest.param("too_short", "Could not answer this audio: audio is too short", id="too-short"),
-        pytest.param("nan", "Could not read this audio: .* holds NaN or infinite samples", id="nan"),
+        pytest.param("too_short", "Could not read this audio: audio file .* is too short", id="too-short"),
+        pytest.param("nan", "Could not read this audio: audio contains NaN or Inf samples", id="nan"),
     ],
 )
 def test_bad_audio_gives_a_message_in_the_ui(space, tmp_path, kind, message):
