@@ -1,25 +1,21 @@
 """OpenS2SProcessor: Whisper features + LLM tokenizer + speech-unit tokenizer + the OpenS2S chat template."""
 
-import re
-
 import numpy as np
 import torch
 from transformers.processing_utils import ProcessorMixin
 
 from .audio_lengths_opens2s import audio_embedding_lengths
 from .audio_opens2s import load_audio
-from .prompt_format_opens2s import AUDIO_TOKEN, CHAT_TEMPLATE
+from .prompt_format_opens2s import AUDIO_TOKEN, CHAT_TEMPLATE, UNIT_TOKEN
 
 
 __all__ = ["OpenS2SProcessor", "find_unit_tokens"]
-
-_UNIT_TOKEN = re.compile(r"^<\|audio_(\d+)\|>$")
 
 
 def find_unit_tokens(unit_tokenizer) -> tuple[int, int]:
     """Id of `<|audio_0|>` and the number of units in a speech decoder tokenizer; the unit ids must be contiguous."""
     vocab = unit_tokenizer.get_vocab()
-    units = {int(m.group(1)): token_id for token, token_id in vocab.items() if (m := _UNIT_TOKEN.match(token))}
+    units = {int(m.group(1)): token_id for token, token_id in vocab.items() if (m := UNIT_TOKEN.fullmatch(token))}
     if not units:
         raise ValueError("the unit tokenizer has no <|audio_k|> tokens")
     offset = units.get(0)

@@ -34,6 +34,7 @@ __all__ = [
     "PROMPT_LAYOUTS",
     "TTS_END",
     "TTS_START",
+    "UNIT_TOKEN",
     "PromptPiece",
     "parse_unit_string",
     "training_pieces",
@@ -50,7 +51,8 @@ IM_START, IM_END = "<|im_start|>", "<|im_end|>\n"
 _THINK = {"inference": "<think>\n\n</think>\n\n", "original": "<think></think>"}
 PROMPT_LAYOUTS = tuple(_THINK)
 
-_UNIT_TOKEN = re.compile(r"<\|audio_(\d+)\|>")
+# One speech unit as a unit-tokenizer token: `<|audio_k|>`, k in [0, num_units).
+UNIT_TOKEN = re.compile(r"<\|audio_(\d+)\|>")
 
 
 def _jinja(text: str) -> str:
@@ -160,7 +162,7 @@ def parse_unit_string(units: str | Iterable[int]) -> list[int]:
     indices. Raises `ValueError` when a string holds anything but unit tokens."""
     if not isinstance(units, str):
         return [int(unit) for unit in units]
-    matches = list(_UNIT_TOKEN.finditer(units))
-    if _UNIT_TOKEN.sub("", units).strip():
+    matches = list(UNIT_TOKEN.finditer(units))
+    if UNIT_TOKEN.sub("", units).strip():
         raise ValueError("speech units are not a string of <|audio_k|> tokens")
     return [int(match.group(1)) for match in matches]
