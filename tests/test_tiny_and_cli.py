@@ -189,7 +189,7 @@ def test_default_threads_leave_half_the_cores_free(monkeypatch, cores, expected)
 
 
 @pytest.mark.parametrize(
-    "argv, threads", [pytest.param([], 3, id="default"), pytest.param(["--threads", "2"], 2, id="explicit")]
+    "argv, threads", [pytest.param([], 3, id="default"), pytest.param(["--threads", "1"], 1, id="explicit")]
 )
 def test_chat_sets_and_reports_its_threads(
     tiny_model_dir, tmp_path, capsys, monkeypatch, restore_threads, argv, threads
