@@ -11,8 +11,8 @@ def default_num_threads() -> int:
 
     A streaming turn runs small matrix products one token at a time, so OpenMP synchronisation costs more than a
     second thread gains, and with every core taken a core busy with other work stalls each step. Measured with
-    `opens2s chat` (tiny model) on a 2-core CPU shared with other jobs: real-time factor 0.09-0.19 on 1 thread,
-    0.33-4.3 on torch's default of 2.
+    `opens2s chat` (tiny model) on a 2-core CPU shared with other jobs, real-time factor on 1 thread: 0.15-0.21
+    (lightly loaded), 0.23-0.99 (other test suites running); on torch's default of 2 threads: 0.14-1.75 and 9.2-13.0.
     """
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     return min(4, max(1, cores // 2))
