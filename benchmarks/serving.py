@@ -8,7 +8,8 @@ Run from the repository root (nothing is downloaded; random weights):
     python -m benchmarks.serving --size full --device cuda --conversations 1 8 32            # a GPU, bf16
 
 Options: `--text-tokens 32 --units 80` (each conversation writes exactly these: greedy, EOS suppressed),
-`--stagger 3` (conversation i arrives at engine step 3 i), `--threads N` (torch CPU threads; printed), `--seed`.
+`--stagger 3` (conversation i arrives at engine step 3 i), `--threads N` (torch CPU threads; printed), `--seed`,
+`--no-audio` (units only: what batching the two LMs gives, without the per-conversation token2wav).
 
 Each conversation has its own prompt (`benchmarks.streaming.build_inputs` with seed i) and speaks through a token2wav
 decoder (tiny dims on CPU, the full GLM-4-Voice dims with `--size full`); every decoder id below the EOS is a unit.
@@ -147,6 +148,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--stagger", type=int, default=3, help="engine steps between two arrivals")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--no-audio", action="store_true", help="units only (no token2wav): the LMs' batching alone")
     return parser.parse_args(argv)
 
 
@@ -167,6 +169,8 @@ def main(argv: list[str] | None = None) -> None:
         "unit_tokenizer": unit_range,
         "seed": args.seed,
     }
+    if args.no_audio:
+        kwargs["token2wav"] = False
     text, decoder = model.config.text_config, model.config.speech_decoder_config
     print(
         f"size {size} on {args.device} ({dtype}), {torch.get_num_threads()} threads: LLM {text.hidden_size} x "
