@@ -212,7 +212,9 @@ def test_speaker_embedding_changes_the_speech_logits(model, tester):
 def test_text_only_generation_is_generation_mixin(model, tester):
     """`return_speech=False` is plain `GenerationMixin.generate` (batched, KV-cached, returns ids)."""
     inputs = tester.inputs([1.0, 0.5], audios_per_row=[1, 1])
-    generated = model.generate(**inputs, return_speech=False, max_new_tokens=5, do_sample=False, pad_token_id=0)
+    # Random weights may pick the audio placeholder, which is never an answer token (it needs audio features).
+    settings = {"max_new_tokens": 5, "do_sample": False, "pad_token_id": 0, "suppress_tokens": [AUDIO_TOKEN_ID]}
+    generated = model.generate(**inputs, return_speech=False, **settings)
     assert generated.shape == (2, inputs["input_ids"].shape[1] + 5)
 
 
