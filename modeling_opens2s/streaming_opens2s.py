@@ -138,7 +138,8 @@ class StreamStats:
         time_to_first_audio (`float` or `None`): when the first [`AudioChunk`] was yielded (`None` without vocoder).
         audio_seconds (`float`): duration of all [`AudioChunk`]s.
         stage_seconds (`dict[str, float]`): time spent in `audio_encoder`, `text_prefill`, `text_decode`,
-            `speech_decode`, `detokenize` and `token2wav` (the consumer's time between events is not counted).
+            `speech_decode`, `detokenize` and `token2wav` (the consumer's time between events is not counted), and
+            with `compile=True` `compile`: the first compiled step of each new shape (compilation included).
         total_seconds (`float`): from the start of the stream to the [`Done`] event.
         text_stop_reason (`str`): `"eos"` or `"max_new_tokens"`.
         speech_stop_reason (`str`): `"eos"` (the flush met a speech EOS) or `"max_new_tokens"` (budget spent).
@@ -336,16 +337,21 @@ class _LMState:
     one) extended by one per fed position, and the next position id (counted over real tokens only, as
     transformers' `generate` does). The engine (`engine_opens2s.py`) runs the forwards; this only keeps the state."""
 
-    def __init__(self, causal_lm, attention_mask: torch.Tensor | None = None):
+    def __init__(self, causal_lm, attention_mask: torch.Tensor | None = None, reserve: int = 0):
         self.causal_lm = causal_lm
         self.cache: DynamicCache | None = DynamicCache(config=causal_lm.config)
         self.attention_mask = attention_mask
         self.next_position = 0
+        self.written = 0  # cache positions fed so far (left padding included)
+        # For the engine's static caches (`compile=True`): positions this LM may take after its first forward at
+        # most (from the budgets), the cache length that leaves room for them, and the conversation's slot.
+        self.reserve, self.capacity, self.slot = reserve, 0, None
 
     def advance(self, length: int) -> tuple[torch.Tensor | None, torch.LongTensor]:
         """Attention mask `(1, past + length)` (or `None`: no padding) and position ids `(1, length)` of `length`
         new positions; the state moves past them."""
         device = self.device
+        self.written += length
         if self.attention_mask is not None and self.next_position == 0:
             position_ids = (self.attention_mask.long().cumsum(-1) - 1).clamp(min=0)
             self.next_position = int(position_ids[0, -1]) + 1
@@ -411,8 +417,10 @@ class _Interleaver:
     ):
         self.model = model
         self.audio_stream, self.sample_rate = audio_stream, sample_rate  # a token2wav session, or None
-        self.text = _LMState(model.language_model, prompt_mask)
-        self.speech = _LMState(model.speech_decoder)
+        # Positions after the first forward: the text budget for the LLM; for the decoder, one row per text token
+        # and one position per decoder token.
+        self.text = _LMState(model.language_model, prompt_mask, reserve=text_settings.budget)
+        self.speech = _LMState(model.speech_decoder, reserve=text_settings.budget + speech_settings.budget)
         self.text_settings, self.speech_settings = text_settings, speech_settings
         self.speaker_slot = speaker_slot  # `(1, 1, decoder_hidden)`, the decoder's first position
         self.unit_range, self.detok, self.generator = unit_range, detok, generator
@@ -731,7 +739,7 @@ def new_conversation(
     return interleaver.run(input_ids, input_features, feature_attention_mask), interleaver
 
 
-def stream(model, input_ids: torch.LongTensor, **kwargs):
+def stream(model, input_ids: torch.LongTensor, compile: bool = False, **kwargs):
     r"""
     Generate the spoken answer to a prompt as a stream of events: [`TextDelta`] per text token, [`SpeechUnits`] per
     speech decoder token, ([`AudioChunk`] once a vocoder is attached,) and a final [`Done`].
@@ -777,6 +785,9 @@ def stream(model, input_ids: torch.LongTensor, **kwargs):
         token2wav_generator (`torch.Generator`, *optional*): its random source (`"blocks"` mode).
         seed (`int`, *optional*): seeds `generator` (on the model's device) and `token2wav_generator` when they are
             not given, so a sampled answer is reproducible whatever runs beside it.
+        compile (`bool`, *optional*, defaults to `False`): the fast path: static key/value caches and compiled
+            single-position steps (see `OpenS2SEngine`); the first call of a shape compiles (counted in
+            `Done.stats.stage_seconds["compile"]`), later calls reuse it. Same greedy ids as the eager path.
         kwargs: standard generation arguments (`do_sample`, `temperature`, `top_k`, `top_p`, `min_p`,
             `repetition_penalty`, `suppress_tokens`, `eos_token_id`, any [`GenerationConfig`] field) update a copy of
             `generation_config` for the LLM; the same names prefixed `speech_` (`speech_do_sample`, ...) update a copy
@@ -791,7 +802,8 @@ def stream(model, input_ids: torch.LongTensor, **kwargs):
     # One engine with one conversation: the same loop that serves many conversations at once.
     from .engine_opens2s import OpenS2SEngine
 
-    conversation = OpenS2SEngine(model, max_active=1, max_queued=0).submit({"input_ids": input_ids}, **kwargs)
+    engine = OpenS2SEngine(model, max_active=1, max_queued=0, compile=compile)
+    conversation = engine.submit({"input_ids": input_ids}, **kwargs)
     try:
         yield from conversation
     finally:

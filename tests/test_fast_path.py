@@ -1,0 +1,113 @@
+"""The fast path (`compile=True`): static key/value caches and compiled single-position steps give the eager path's
+greedy ids.
+
+Tiny default model (random weights, seed 0) and every reference fixture set. The quick test traces the static-cache
+step with dynamo's `eager` backend (seconds: the caches, masks, slots and pool reuse are exercised, inductor is
+not); the `slow` ones compile with inductor on CPU (~40 s per model on a 2-core CPU, needs a C++ compiler) and check
+that a second call and a new prompt length reuse the compiled step. A CUDA-graph test is skipped without CUDA.
+"""
+
+import pytest
+import torch
+from test_engine import ids_of, prompts, run_plan, solo, tiny  # noqa: F401 - fixtures of the tiny model
+from test_streaming import converted, run_stream, scenario_configs, scenario_params  # noqa: F401 - fixture
+
+from fixture_sets import load_manifest
+from opens2s.modeling_opens2s import engine_opens2s
+
+
+pytestmark = pytest.mark.usefixtures("single_thread")
+
+BUDGETS = {"max_new_tokens": 24, "speech_max_new_tokens": 64, "token2wav": False}
+
+
+@pytest.fixture
+def traced_only(monkeypatch):
+    """Fast-path steps traced by dynamo but run eagerly (no inductor): the static-cache arithmetic in seconds."""
+    compiled = {mode: torch.compile(engine_opens2s._step_every_slot, backend="eager") for mode in ("default",)}
+    monkeypatch.setattr(engine_opens2s._FastPath, "_compiled", compiled)
+    monkeypatch.setattr(engine_opens2s._FastPath, "_shapes_seen", set())
+
+
+def compile_stages(result: dict) -> float:
+    return result["done"].stats.stage_seconds.get("compile", 0.0)
+
+
+def test_static_caches_give_the_eager_ids_in_a_batch(tiny, prompts, traced_only):  # noqa: F811
+    """Conversations join at different steps, differ in prompt length and budgets, and one ends early: each one's
+    ids with the static caches equal its eager solo run."""
+    model, processor = tiny
+    kwargs = [
+        {"max_new_tokens": 24, "speech_max_new_tokens": 64},
+        {"max_new_tokens": 9, "speech_max_new_tokens": 40},
+        {"max_new_tokens": 17, "speech_max_new_tokens": 12},  # the speech budget runs out before the text
+    ]
+    joins = (0, 2, 5)
+    plan = [(joins[i], prompts[i], {**kw, "token2wav": False}) for i, kw in enumerate(kwargs)]
+    engine = model.engine(processor, max_active=2, compile=True)  # a queue too: the third waits for a slot
+    fast = run_plan(engine, plan)
+    for (_, inputs, kw), result in zip(plan, fast, strict=True):
+        eager = solo(tiny, inputs, **kw)
+        assert result["text"] == eager["text"] and result["speech"] == eager["speech"]
+        assert result["done"].stats.chunks == eager["done"].stats.chunks
+    # The engine is idle: its pools went back to the model, and the next engine reuses them (same shapes).
+    pools = model.language_model.__dict__["_opens2s_slot_pools"]
+    assert len(pools) == 1
+    again = run_plan(model.engine(processor, max_active=2, compile=True), plan[:1])[0]
+    assert again["text"] == fast[0]["text"] and compile_stages(again) == 0.0
+
+
+def test_left_padded_prompt_gives_the_eager_ids(tiny, prompts, traced_only):  # noqa: F811
+    model, processor = tiny
+    inputs = dict(prompts[1])
+    inputs["attention_mask"] = torch.cat(
+        [torch.zeros(1, 3, dtype=torch.long), torch.ones_like(inputs["input_ids"])], 1
+    )
+    inputs["input_ids"] = torch.cat([torch.zeros(1, 3, dtype=torch.long), inputs["input_ids"]], 1)
+    eager = solo(tiny, inputs, **BUDGETS)
+    fast = solo(tiny, inputs, compile=True, **BUDGETS)
+    assert fast["text"] == eager["text"] and fast["speech"] == eager["speech"]
+
+
+def test_sampling_with_a_seed_gives_the_eager_ids(tiny, prompts, traced_only):  # noqa: F811
+    sampling = {"do_sample": True, "top_k": 20, "speech_do_sample": True, "seed": 3, **BUDGETS}
+    eager, fast = solo(tiny, prompts[0], **sampling), solo(tiny, prompts[0], compile=True, **sampling)
+    assert fast["text"] == eager["text"] and fast["speech"] == eager["speech"]
+
+
+@pytest.mark.slow
+def test_inductor_compiled_stream_gives_the_eager_ids_and_compiles_once(tiny, prompts):  # noqa: F811
+    first = solo(tiny, prompts[0], compile=True, **BUDGETS)
+    eager = solo(tiny, prompts[0], **BUDGETS)
+    assert first["text"] == eager["text"] and first["speech"] == eager["speech"]
+    # The first call of a new model compiles (counted apart); a second call and other prompt lengths do not.
+    for inputs in (prompts[0], prompts[1], prompts[2]):
+        result = solo(tiny, inputs, compile=True, **BUDGETS)
+        expected = solo(tiny, inputs, **BUDGETS)
+        assert result["text"] == expected["text"] and result["speech"] == expected["speech"]
+        assert compile_stages(result) == 0.0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", scenario_params())
+def test_inductor_compiled_stream_matches_the_original_generation(converted, case):  # noqa: F811
+    folder, name = case
+    entry = converted(folder)
+    result = run_stream(entry, *scenario_configs(entry, name), compile=True)
+    assert result["text_ids"] == entry["ref"][f"gen.{name}.text_ids"].tolist()
+    assert result["speech_ids"] == entry["ref"][f"gen.{name}.unit_ids"].tolist()
+    recorded = [len(call["generated"]) for call in load_manifest(folder)["generation"]["scenarios"][name]["calls"]]
+    assert [chunk.num_tokens for chunk in result["stats"].chunks] == recorded
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA device")
+def test_cuda_graph_stream_gives_the_eager_ids(tiny, prompts):  # noqa: F811
+    model, processor = tiny
+    model.to("cuda")
+    try:
+        inputs = {key: value.to("cuda") for key, value in prompts[0].items()}
+        eager = ids_of(model.stream(**inputs, processor=processor, **BUDGETS))
+        fast = ids_of(model.stream(**inputs, processor=processor, compile=True, **BUDGETS))
+        assert fast["text"] == eager["text"] and fast["speech"] == eager["speech"]
+    finally:
+        model.to("cpu")
