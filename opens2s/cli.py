@@ -148,6 +148,11 @@ def _add_chat_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--mode", default="blocks", choices=["blocks", "original"], help="token2wav schedule")
     parser.add_argument("--seed", type=int, default=0, help="seed of sampling and of the voice's noise (default 0)")
     parser.add_argument(
+        "--compile",
+        action="store_true",
+        help="fast path: static caches and compiled decode steps (the first reply pays the compilation)",
+    )
+    parser.add_argument(
         "--threads",
         type=int,
         help="torch CPU threads (default: half the cores, 1 to 4; more threads make small models slower)",
@@ -176,6 +181,7 @@ def _run_chat(args: argparse.Namespace) -> int:
         max_new_tokens=args.max_new_tokens,
         speech_max_new_tokens=args.max_units,
         token2wav_mode=args.mode,
+        compile=args.compile,
     )
     audio, stats, sample_rate = [], None, None
     print("Reply: ", end="", flush=True)
