@@ -183,6 +183,7 @@ def _forward_groups(feeds: list[_Feed]) -> list[list[_Feed]]:
 # ---------------------------------------------------------------------------------------------------------- fast path
 # Smallest key/value pool length; lengths grow by doubling, so most prompts share a compiled shape.
 _MIN_POOL_LENGTH = 256
+_RECOMPILE_LIMIT = 64
 
 
 class _SlotPool:
@@ -308,6 +309,10 @@ class _FastPath:
         self.occupants: dict[int, tuple] = {}  # slot -> the conversation's (text, speech) `_LMState`s
         self.owners: dict[int, object] = {}  # id(LM) -> LM, of the pools held
         mode = "reduce-overhead" if model.device.type == "cuda" else "default"
+        # One compiled graph per (LM, slots, pool length): more than dynamo's default of 8 once a process holds a
+        # few models (tests, A/B runs). Raised on opt-in only, never lowered.
+        dynamo_config = torch._dynamo.config
+        dynamo_config.recompile_limit = max(dynamo_config.recompile_limit, _RECOMPILE_LIMIT)
         if mode not in self._compiled:
             self._compiled[mode] = torch.compile(_step_every_slot, mode=mode, dynamic=False)
         self.step_function = self._compiled[mode]
