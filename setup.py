@@ -22,7 +22,7 @@ extras = {
     "train": ["trl>=1.16", "peft>=0.21", "accelerate>=1.15", "datasets>=5.2"],
     "space": ["gradio>=6.31"],
     "data": ["datasets>=5.2"],
-    # IFEval is scored by its reference implementation, lm-eval's (its `ifeval` extra: nltk, langdetect, immutabledict).
+    # IFEval is scored by lm-eval's reference implementation (its `ifeval` extra: nltk, langdetect, immutabledict).
     "eval": ["datasets>=5.2", "jiwer>=4.0", "langdetect>=1.0.9", "lm-eval[ifeval]>=0.4.13"],
     "serve": ["fastapi>=0.110", "uvicorn>=0.29", "websockets>=12", "silero-vad>=5.1"],
     "ray": ["ray[serve]>=2.40", "fastapi>=0.110", "uvicorn>=0.29", "websockets>=12"],

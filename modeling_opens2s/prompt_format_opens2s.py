@@ -7,16 +7,19 @@ A conversation is laid out as Qwen3's chat format plus the OpenS2S markers:
     <|im_start|>user\\n<|im_audio_start|><|im_audio|><|im_audio_end|><|im_end|>\\n
     <|im_start|>assistant\\n<think>\\n\\n</think>\\n\\n<|im_tts_start|>answer<|im_tts_end|><|im_end|>\\n
 
-Every assistant turn starts with an empty think block; a spoken answer sits between `<|im_tts_start|>` and
-`<|im_tts_end|>` (the prompt of a spoken answer ends in `<|im_tts_start|>`). `<|im_audio|>` is repeated once per
-adapter frame of its audio ([`~audio_lengths_opens2s.audio_embedding_lengths`]).
+As in Qwen3's own template with `enable_thinking=False`, the assistant turns after the last user turn (the answer
+being generated or trained) start with an empty think block, and earlier assistant turns are plain: this is the
+prompt the original worker built (`docs/original_behaviour.md#ob-llm-6`). A spoken answer sits between
+`<|im_tts_start|>` and `<|im_tts_end|>` (the prompt of a spoken answer ends in `<|im_tts_start|>`).
+`<|im_audio|>` is repeated once per adapter frame of its audio ([`~audio_lengths_opens2s.audio_embedding_lengths`]).
 
 Two training layouts ([`PROMPT_LAYOUTS`]):
 - `"inference"` (the default): exactly what the chat template renders, tokenised as the processor tokenises it, so a
   model is trained on the prompts it is asked with.
-- `"original"`: the original OpenS2S `process_dataset` layout, kept to reproduce the original's training: the think
-  block is `<think></think>` (no newlines) and every piece (`<|im_start|>`, the role, `\\n`, ...) is tokenised on its
-  own. The original thus trained on other ids than its worker prompted with (`docs/original_behaviour.md#ob-llm-6`).
+- `"original"`: the original OpenS2S `process_dataset` layout, kept to reproduce the original's training: every
+  assistant turn has the think block `<think></think>` (no newlines) and every piece (`<|im_start|>`, the role,
+  `\\n`, ...) is tokenised on its own. The original thus trained on other ids than its worker prompted with
+  (`docs/original_behaviour.md#ob-llm-6`).
 """
 
 import re
@@ -63,12 +66,16 @@ def _jinja(text: str) -> str:
 # The processor's template: a default system turn unless the conversation has one; audio items as the three audio
 # markers; text items as they are; `speech_output=False` leaves `<|im_tts_start|>` out of the generation prompt.
 CHAT_TEMPLATE = (
+    "{%- set ns = namespace(last_user=-1) -%}"
+    "{%- for message in messages -%}{%- if message['role'] == 'user' -%}{%- set ns.last_user = loop.index0 -%}"
+    "{%- endif -%}{%- endfor -%}"
     "{%- if messages[0]['role'] != 'system' -%}"
     "{{- " + _jinja(f"{IM_START}system\n{DEFAULT_SYSTEM_PROMPT}{IM_END}") + " -}}"
     "{%- endif -%}"
     "{%- for message in messages -%}"
     "{{- " + _jinja(IM_START) + " + message['role'] + '\\n' -}}"
-    "{%- if message['role'] == 'assistant' -%}{{- " + _jinja(_THINK["inference"]) + " -}}{%- endif -%}"
+    "{%- if message['role'] == 'assistant' and loop.index0 > ns.last_user -%}"
+    "{{- " + _jinja(_THINK["inference"]) + " -}}{%- endif -%}"
     "{%- if message['content'] is string -%}{{- message['content'] -}}"
     "{%- else -%}{%- for item in message['content'] -%}"
     "{%- if item['type'] == 'audio' -%}{{- " + _jinja(AUDIO_START + AUDIO_TOKEN + AUDIO_END) + " -}}"
@@ -122,13 +129,14 @@ def training_pieces(
         pieces = [IM_START, role, "\n"] if split else [f"{IM_START}{role}\n"]
         return [PromptPiece(piece) for piece in pieces]
 
+    last_user = max((index for index, message in enumerate(messages) if message["role"] == "user"), default=-1)
     pieces = []
     if system_prompt is not None:
         pieces += turn_start("system") + [PromptPiece(system_prompt), PromptPiece(IM_END)]
-    for message in messages:
+    for index, message in enumerate(messages):
         assistant = message["role"] == "assistant"
         pieces += turn_start(message["role"])
-        if assistant:
+        if assistant and (split or index > last_user):  # see the module docstring: history turns are plain
             pieces.append(PromptPiece(_THINK[layout]))
         for item in message["content"]:
             if item.get("audio") is not None and len(item["audio"]) > 0:

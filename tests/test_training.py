@@ -260,6 +260,24 @@ def test_default_training_rows_start_with_the_chat_template_prompt(tester):
         assert set(labels[final_prompt:answer_start]) == {-100} and labels[answer_start] == ids[answer_start]
 
 
+def test_history_turns_are_plain_as_the_original_worker_prompted(tester):
+    """With an earlier turn, the prompt is the original worker's (Qwen3's template, `enable_thinking=False`): the
+    earlier answer has no think block, the answer being generated has one; training rows follow the same rule."""
+    earlier = tester.text_to_text()["messages"]
+    row = {"messages": earlier + tester.speech_to_speech()["messages"]}
+    tokenizer = tester.processor.tokenizer
+    prompt = tester.processor.apply_chat_template(
+        chat_messages(row["messages"][:-1]), add_generation_prompt=True, tokenize=False
+    )
+    prompt = prompt[0] if isinstance(prompt, list) else prompt
+    earlier_answer = earlier[-1]["content"][0]["text"]
+    assert f"<|im_start|>assistant\n{earlier_answer}<|im_end|>" in prompt
+    assert prompt.endswith("<|im_start|>assistant\n<think>\n\n</think>\n\n<|im_tts_start|>")
+    assert prompt.count("<think>") == 1
+    trained = tokenizer.decode(OpenS2SDataCollator(tester.processor)([row])["input_ids"][0])
+    assert trained.count("<think>") == 1 and f"assistant\n{earlier_answer}<|im_end|>" in trained
+
+
 def test_original_layout_is_the_original_training_prompt(tester):
     """`prompt_layout="original"`: `<think></think>` after the assistant header, as the original trained."""
     row = tester.text_to_text()
