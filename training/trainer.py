@@ -113,12 +113,16 @@ class OpenS2STrainer(SFTTrainer):
         `num_speech_items_in_batch` (the speech counterpart of `num_items_in_batch`)."""
         batch_samples, num_items_in_batch = super().get_batch_samples(epoch_iterator, num_batches, device)
         if num_items_in_batch is not None and self.model_accepts_loss_kwargs:
-            counts = [batch["speech_units_mask"].sum() for batch in batch_samples if "speech_units_mask" in batch]
-            if counts:
-                total = torch.stack(counts).sum().to(device)
-                if self.args.average_tokens_across_devices and self.args.world_size > 1:
-                    total = self.accelerator.gather(total).sum()
-                for batch in batch_samples:
+            # Every process joins the gather, with 0 for micro-batches without spoken answers: a process that
+            # skipped it would leave the others waiting in it (and itself in DDP's next collective).
+            total = torch.zeros((), dtype=torch.long, device=device)
+            for batch in batch_samples:
+                if "speech_units_mask" in batch:
+                    total = total + batch["speech_units_mask"].sum().to(device)
+            if self.args.average_tokens_across_devices and self.args.world_size > 1:
+                total = self.accelerator.gather(total).sum()
+            for batch in batch_samples:
+                if "speech_units_mask" in batch:
                     batch["num_speech_items_in_batch"] = total
         return batch_samples, num_items_in_batch
 
