@@ -24,6 +24,11 @@ How a batch keeps each conversation's greedy ids exactly those of a solo run:
 
 `model.stream` and `model.generate` are this engine with one conversation.
 
+Several engines may share one model from several threads (two `model.stream` calls at once, say): the forwards of
+one model take turns under one lock per model ([`_forward_lock`]), because a forward routes its LM config's attention
+through [`_row_attention`] for its duration (shared state of the model) and the fast path's pools belong to the model.
+Between forwards, every engine advances its own conversations (sampling, token2wav) concurrently.
+
 The fast path (`compile=True`, [`_FastPath`]): each LM keeps one preallocated key/value pool of fixed shape for all
 conversations (a slot each, `max(max_active, MIN_GEMM_ROWS)` slots), so a single-position step is one forward of
 fixed shapes over every slot (idle slots are padding rows), compiled once with `torch.compile` (CUDA graphs on CUDA)
@@ -36,6 +41,7 @@ import logging
 import queue
 import threading
 import time
+import weakref
 from collections import deque
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -106,6 +112,22 @@ class _RowCaches:
         return keys, values
 
 
+# One lock per model (weakly keyed: no reference kept, nothing added to the model that `deepcopy` would trip on).
+_forward_locks: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_forward_locks_guard = threading.Lock()
+
+
+def _forward_lock(model) -> threading.RLock:
+    """The lock that every engine of `model` holds around a forward (and while returning the fast path's pools to
+    the model): the attention switch of [`_attention_by_row`] and the pools are state of the model, not of an
+    engine, so two engines on one model must not run forwards at the same time."""
+    with _forward_locks_guard:
+        lock = _forward_locks.get(model)
+        if lock is None:
+            lock = _forward_locks[model] = threading.RLock()
+        return lock
+
+
 # Attention implementation of each LM config while its rows run through `_row_attention`.
 _ROW_ATTENTION = "opens2s_rows"
 _row_attention_inner: dict[int, str] = {}
@@ -129,7 +151,8 @@ def _row_attention(module, query: torch.Tensor, key, value, attention_mask, **kw
 @contextmanager
 def _attention_by_row(config):
     """Route `config`'s attention through [`_row_attention`] for one forward (restored afterwards). The function is
-    registered with transformers' attention functions on first use, not at import."""
+    registered with transformers' attention functions on first use, not at import. Callers hold the model's
+    [`_forward_lock`]: a second switch at the same time would take this one for the LM's own implementation."""
     if _ROW_ATTENTION not in ALL_ATTENTION_FUNCTIONS:
         ALL_ATTENTION_FUNCTIONS.register(_ROW_ATTENTION, _row_attention)
     _row_attention_inner[id(config)] = config._attn_implementation
@@ -558,6 +581,7 @@ class OpenS2SEngine:
             raise ValueError(f"need max_active >= 1 and max_queued >= 0, got {max_active} and {max_queued}")
         self.fast = _FastPath(model, max_active) if compile else None
         self.model = model
+        self.forward_lock = _forward_lock(model)
         self.processor = processor
         self.max_active, self.max_queued = max_active, max_queued
         self.active: list[Conversation] = []
@@ -636,12 +660,13 @@ class OpenS2SEngine:
             begin = time.perf_counter()
             compiling = False
             try:
-                if self.fast is None:
-                    forward_rows(group[0].state.causal_lm, group)
-                elif group[0].inputs_embeds.shape[1] == 1:
-                    compiling = self.fast.decode(group[0].state.causal_lm, group)
-                else:
-                    self.fast.prefill(group[0])
+                with self.forward_lock:
+                    if self.fast is None:
+                        forward_rows(group[0].state.causal_lm, group)
+                    elif group[0].inputs_embeds.shape[1] == 1:
+                        compiling = self.fast.decode(group[0].state.causal_lm, group)
+                    else:
+                        self.fast.prefill(group[0])
             except Exception as error:  # noqa: BLE001 - handed to the callers of the rows of this forward
                 logger.exception("engine forward failed for %d conversation(s)", len(group))
                 for feed in group:
@@ -658,7 +683,8 @@ class OpenS2SEngine:
         """Take `conversation` out of the active ones (its slot of the fast path's caches is free again)."""
         self.active.remove(conversation)
         if self.fast is not None:
-            self.fast.leave(conversation)
+            with self.forward_lock:
+                self.fast.leave(conversation)
 
     def _cancel(self, conversation: Conversation) -> None:
         with self.lock:

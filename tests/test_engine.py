@@ -180,6 +180,38 @@ def test_background_thread_serves_conversations_from_other_threads(tiny, prompts
         assert mine["text"] == reference["text"] and mine["speech"] == reference["speech"]
 
 
+def test_two_threads_streaming_on_one_model_give_each_ones_ids_alone(tiny, prompts):
+    """Two `model.stream` calls at once from two threads (two engines on one model, as two web requests would run
+    them): their forwards take turns on the model, and each answer's ids, speech included, equal that answer alone."""
+    model, processor = tiny
+    voice = torch.randn(model.config.speaker_embedding_dim, generator=torch.Generator().manual_seed(3))
+    kwargs = [
+        {"max_new_tokens": 8, "speech_max_new_tokens": 30, "seed": 0},
+        {"max_new_tokens": 6, "speech_max_new_tokens": 24, "seed": 0, "speaker_embedding": voice},
+    ]
+    alone = [solo(tiny, prompts[index], **kwargs[index]) for index in range(2)]
+    results, errors, barrier = [None, None], [], threading.Barrier(2)
+
+    def client(index):
+        try:
+            barrier.wait()
+            results[index] = ids_of(model.stream(**prompts[index], processor=processor, **kwargs[index]))
+        except BaseException as error:  # noqa: BLE001 - reported by the test's own thread
+            errors.append(error)
+
+    threads = [threading.Thread(target=client, args=(index,)) for index in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    assert not errors, f"a concurrent stream failed: {errors[0]!r}"
+    for mine, reference in zip(results, alone, strict=True):
+        assert mine["text"] == reference["text"] and mine["speech"] == reference["speech"]
+        assert len(mine["audio"]) == len(reference["audio"]) >= 1
+        for chunk, expected in zip(mine["audio"], reference["audio"], strict=True):
+            np.testing.assert_array_equal(chunk, expected)
+
+
 def test_batched_speech_generate_equals_generate_per_prompt(tiny):
     model, processor = tiny
     waveform = load_audio(EXAMPLE_WAV, sampling_rate=16000)
