@@ -8,7 +8,6 @@ the feature-extractor config. Tensors are streamed shard by shard, so the model 
 
 import json
 import logging
-import shutil
 from pathlib import Path
 
 import torch
@@ -16,7 +15,13 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from transformers import AutoTokenizer, GenerationConfig
 
-from opens2s.conversion.export import export_remote_code
+from opens2s.conversion.checksums import write_checksums
+from opens2s.conversion.convert_original_token2wav import (
+    check_original_token2wav_folder,
+    load_original_decoder_config,
+    write_token2wav,
+)
+from opens2s.conversion.export import export_remote_code, staged_output
 from opens2s.modeling_opens2s.configuration_opens2s import OpenS2SConfig, parse_interleave_strategy
 from opens2s.modeling_opens2s.feature_extraction_opens2s import OpenS2SFeatureExtractor
 from opens2s.modeling_opens2s.modeling_opens2s import TOKEN2WAV_SUBFOLDER
@@ -180,7 +185,6 @@ def convert_weights(src: Path, dst: Path, config: OpenS2SConfig, max_shard_bytes
             seen[head] = True
     missing = sorted(set(expected) - set(seen))
     if unexpected or missing or mismatched:
-        shutil.rmtree(dst, ignore_errors=True)
         raise ValueError(
             f"{src} is not a complete OpenS2S checkpoint for its config.json: missing {missing[:10]}"
             f"{' ...' if len(missing) > 10 else ''}; unexpected {unexpected[:10]}; wrong shapes {mismatched[:10]}"
@@ -224,8 +228,6 @@ def _unit_tokenizer(src: Path, config: OpenS2SConfig, unit_tokenizer_base: str |
 
 
 def _check_token2wav_vocabulary(token2wav: Path, unit_tokenizer) -> None:
-    from opens2s.conversion.convert_original_token2wav import load_original_decoder_config
-
     vocab_size = load_original_decoder_config(token2wav / "config.yaml").vocab_size
     _, num_units = find_unit_tokens(unit_tokenizer)
     if num_units > vocab_size:
@@ -268,7 +270,9 @@ def convert_original_checkpoint(
 
     Args:
         src: folder in the `OmniSpeechModel` layout (see the module docstring).
-        dst: output folder (created; must not exist or be empty).
+        dst: output folder (must not exist or be empty). It is written whole or not at all: into a staging folder
+            next to it, with `checksums.sha256`, renamed into place at the end; a run killed mid-way leaves only
+            the staging folder, which the next conversion into `dst` removes.
         max_shard_size: largest safetensors shard in bytes.
         unit_tokenizer_base: only when `src/tts` is missing: base tokenizer to extend with `<|audio_k|>` tokens.
         num_units: speech unit codebook size used with `unit_tokenizer_base`.
@@ -285,16 +289,29 @@ def convert_original_checkpoint(
     config_path = src / "config.json"
     if not config_path.exists():
         raise FileNotFoundError(f"{src} has no config.json: not an OpenS2S checkpoint folder")
-    if dst.exists() and any(dst.iterdir()):
-        raise FileExistsError(f"{dst} exists and is not empty")
-    tokenizer = _llm_tokenizer(src)
-    config = convert_config(json.loads(config_path.read_text()), tokenizer.convert_tokens_to_ids(AUDIO_TOKEN))
-    unit_tokenizer = _unit_tokenizer(src, config, unit_tokenizer_base, num_units)
     if token2wav is not None:
-        _check_token2wav_vocabulary(Path(token2wav), unit_tokenizer)
-    dst.mkdir(parents=True, exist_ok=True)
-    convert_weights(src, dst, config, max_shard_size)
+        token2wav = check_original_token2wav_folder(token2wav)
+    # Staged: a folder that loads is a whole one (with its token2wav/ when asked for), never one cut short.
+    with staged_output(dst) as staging:
+        tokenizer = _llm_tokenizer(src)
+        config = convert_config(json.loads(config_path.read_text()), tokenizer.convert_tokens_to_ids(AUDIO_TOKEN))
+        unit_tokenizer = _unit_tokenizer(src, config, unit_tokenizer_base, num_units)
+        if token2wav is not None:
+            _check_token2wav_vocabulary(token2wav, unit_tokenizer)
+        convert_weights(src, staging, config, max_shard_size)
+        _write_configs_and_code(src, staging, config, tokenizer, unit_tokenizer, units_only, name=dst.resolve().name)
+        if token2wav is not None:
+            write_token2wav(token2wav, staging / TOKEN2WAV_SUBFOLDER)
+            write_checksums(staging / TOKEN2WAV_SUBFOLDER)
+    logger.info("converted %s -> %s", src, dst)
+    return dst
 
+
+def _write_configs_and_code(
+    src: Path, dst: Path, config: OpenS2SConfig, tokenizer, unit_tokenizer, units_only: bool, name: str
+) -> None:
+    """Everything of a converted folder but the weights: config, processor, generation configs, code, and the model
+    card (whose snippets load `name`)."""
     config.architectures = ["OpenS2SForConditionalGeneration"]
     config.auto_map = {
         "AutoConfig": "configuration_opens2s.OpenS2SConfig",
@@ -320,10 +337,4 @@ def convert_original_checkpoint(
             speech_config = units_only_generation_config(speech_config, config, processor)
         speech_config.save_pretrained(dst, config_file_name=SPEECH_GENERATION_CONFIG_NAME)
     export_remote_code(dst)
-    write_model_card(dst, base_model=ORIGINAL_REPO)
-    if token2wav is not None:
-        from opens2s.conversion.convert_original_token2wav import convert_original_token2wav
-
-        convert_original_token2wav(token2wav, dst / TOKEN2WAV_SUBFOLDER)
-    logger.info("converted %s -> %s", src, dst)
-    return dst
+    write_model_card(dst, repo=name, base_model=ORIGINAL_REPO)

@@ -13,6 +13,7 @@ with `torch.load(weights_only=True)`.
 """
 
 import logging
+import pickle
 import re
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -20,17 +21,20 @@ from pathlib import Path
 import torch
 import yaml
 
-from opens2s.conversion.export import save_token2wav
+from opens2s.conversion.export import save_token2wav, staged_output
 from opens2s.modeling_opens2s.configuration_token2wav import OpenS2SToken2WavConfig
 from opens2s.modeling_opens2s.modeling_token2wav import OpenS2SToken2Wav
 from opens2s.modeling_opens2s.modeling_token2wav_hift import F0_PREDICTOR_LAYERS
 
 
 __all__ = [
+    "check_original_token2wav_folder",
     "convert_original_token2wav",
     "flow_state_dict_from_original",
     "hift_state_dict_from_original",
+    "load_original_checkpoint",
     "load_original_decoder_config",
+    "write_token2wav",
 ]
 
 logger = logging.getLogger(__name__)
@@ -320,27 +324,71 @@ def hift_state_dict_from_original(state_dict: dict[str, torch.Tensor]) -> dict[s
     return converted
 
 
+def load_original_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
+    """The state dict in an original `.pt` file, read with `torch.load(weights_only=True)` (tensors and plain
+    containers only: a pickle that asks for any other object is refused, never run).
+
+    Raises:
+        `ValueError`: naming the file and why it is not a state dict: a pickle that refers to code (what a
+        malicious file does), not a PyTorch file, truncated or empty, or not a mapping of names to tensors.
+    """
+    try:
+        state_dict = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        globals_ = [line.strip() for line in str(error).splitlines() if "GLOBAL" in line]
+        if globals_:
+            reason = f"refused: it asks to run code, which a weights file never does ({globals_[0]})"
+        else:
+            reason = "not a PyTorch weights file (it does not unpickle as tensors)"
+        raise ValueError(f"{path}: {reason}") from None
+    except (RuntimeError, EOFError) as error:
+        detail = str(error).split(". ")[0] or "the file ends early"
+        raise ValueError(f"{path}: not a readable PyTorch checkpoint, truncated or corrupted ({detail})") from None
+    if not isinstance(state_dict, dict) or not all(isinstance(v, torch.Tensor) for v in state_dict.values()):
+        raise ValueError(f"{path}: holds a {type(state_dict).__name__}, not a state dict (names -> tensors)")
+    return state_dict
+
+
+def write_token2wav(src: Path, dst: Path) -> None:
+    """Convert the decoder folder `src` (checked by [`check_original_token2wav_folder`]) into the folder `dst`, in
+    place: callers stage `dst` ([`~opens2s.conversion.export.staged_output`])."""
+    config = load_original_decoder_config(src / "config.yaml")
+    flow = flow_state_dict_from_original(load_original_checkpoint(src / "flow.pt"))
+    hift = hift_state_dict_from_original(load_original_checkpoint(src / "hift.pt"))
+    state_dict = {f"flow.{key}": value for key, value in flow.items()}
+    state_dict |= {f"vocoder.{key}": value for key, value in hift.items()}
+    model = OpenS2SToken2Wav(config)
+    # strict: a renamed or missing tensor is an error here, not random weights at inference.
+    try:
+        model.load_state_dict(state_dict, strict=True)
+    except RuntimeError as error:
+        raise ValueError(f"{src}: the weights do not fit its config.yaml: {str(error).splitlines()[0]}") from None
+    save_token2wav(model, dst)
+
+
+def check_original_token2wav_folder(src: str | Path) -> Path:
+    """`src` as a `Path` when it holds `config.yaml`, `flow.pt` and `hift.pt`; else a `FileNotFoundError`."""
+    src = Path(src)
+    missing = [name for name in ("config.yaml", "flow.pt", "hift.pt") if not (src / name).is_file()]
+    if missing:
+        raise FileNotFoundError(f"{src} is not a glm-4-voice-decoder folder: missing {', '.join(missing)}")
+    return src
+
+
 def convert_original_token2wav(src: str | Path, dst: str | Path) -> Path:
     """Convert the original decoder folder `src` (`config.yaml`, `flow.pt`, `hift.pt`) into `dst`.
+
+    Args:
+        src: the original `glm-4-voice-decoder` folder.
+        dst: the new folder (must not exist or be empty). It is written whole or not at all (through a staging
+            folder next to it, with `checksums.sha256`).
 
     Returns:
         `dst`, loadable with `OpenS2SToken2Wav.from_pretrained(dst)` or, with the copied remote code,
         `AutoModel.from_pretrained(dst, trust_remote_code=True)`.
     """
-    src, dst = Path(src), Path(dst)
-    missing = [name for name in ("config.yaml", "flow.pt", "hift.pt") if not (src / name).is_file()]
-    if missing:
-        raise FileNotFoundError(f"{src} is not a glm-4-voice-decoder folder: missing {', '.join(missing)}")
-    if dst.exists() and any(dst.iterdir()):
-        raise FileExistsError(f"{dst} exists and is not empty")
-    config = load_original_decoder_config(src / "config.yaml")
-    flow = flow_state_dict_from_original(torch.load(src / "flow.pt", map_location="cpu", weights_only=True))
-    hift = hift_state_dict_from_original(torch.load(src / "hift.pt", map_location="cpu", weights_only=True))
-    state_dict = {f"flow.{key}": value for key, value in flow.items()}
-    state_dict |= {f"vocoder.{key}": value for key, value in hift.items()}
-    model = OpenS2SToken2Wav(config)
-    # strict: a renamed or missing tensor is an error here, not random weights at inference.
-    model.load_state_dict(state_dict, strict=True)
-    save_token2wav(model, dst)
+    src, dst = check_original_token2wav_folder(src), Path(dst)
+    with staged_output(dst) as staging:
+        write_token2wav(src, staging)
     logger.info("converted %s -> %s", src, dst)
     return dst

@@ -17,6 +17,7 @@ from tokenizers import AddedToken, Tokenizer, decoders, models, normalizers, pre
 from transformers import GenerationConfig, PreTrainedTokenizerFast
 from transformers.utils import logging
 
+from opens2s.conversion.checksums import write_checksums
 from opens2s.conversion.export import export_remote_code, save_token2wav
 from opens2s.modeling_opens2s.configuration_opens2s import OpenS2SConfig
 from opens2s.modeling_opens2s.configuration_token2wav import OpenS2SToken2WavConfig
@@ -41,7 +42,7 @@ __all__ = [
 logger = logging.get_logger(__name__)
 
 # Bump the folder name whenever the build changes, so caches of an older build are not reused.
-TINY_MODEL_DIR = Path(os.environ.get("OPENS2S_CACHE", "~/.cache/opens2s")).expanduser() / "tiny-v7"
+TINY_MODEL_DIR = Path(os.environ.get("OPENS2S_CACHE", "~/.cache/opens2s")).expanduser() / "tiny-v8"
 
 # The BPE training text. Changing it changes the vocabulary, hence every weight shape: bump TINY_MODEL_DIR.
 CORPUS = (
@@ -155,13 +156,15 @@ def build_tiny_config(tokenizer: PreTrainedTokenizerFast, unit_tokenizer: PreTra
 
 
 def _text_generation_config(tokenizer: PreTrainedTokenizerFast) -> GenerationConfig:
-    """Greedy text decoding that stops at `<|im_end|>` or `<|endoftext|>`."""
+    """Greedy text decoding that stops at `<|im_end|>` or `<|endoftext|>` and never writes the audio placeholder
+    (random weights would; a placeholder in an answer has no audio features behind it)."""
     return GenerationConfig(
         do_sample=False,
         max_new_tokens=64,
         bos_token_id=tokenizer.pad_token_id,
         eos_token_id=[tokenizer.eos_token_id, tokenizer.pad_token_id],
         pad_token_id=tokenizer.pad_token_id,
+        suppress_tokens=[tokenizer.convert_tokens_to_ids(OPENS2S_TOKENS[-1])],
     )
 
 
@@ -185,7 +188,7 @@ def build_tiny_model(output_dir: str | Path | None = None, seed: int = 0) -> Pat
     """Build the tiny OpenS2S folder in `output_dir` (default [`TINY_MODEL_DIR`]) and return its path.
 
     The folder loads with `AutoModel/AutoProcessor.from_pretrained(path, trust_remote_code=True)`; the same seed
-    gives the same weights. The caller's torch random state is left untouched.
+    gives the same weights. `checksums.sha256` lists every file (see [`~opens2s.conversion.checksums`]). The caller's torch random state is left untouched.
     """
     dst = Path(output_dir) if output_dir is not None else TINY_MODEL_DIR
     dst.mkdir(parents=True, exist_ok=True)
@@ -207,6 +210,7 @@ def build_tiny_model(output_dir: str | Path | None = None, seed: int = 0) -> Pat
     _speech_generation_config(processor).save_pretrained(dst, config_file_name=SPEECH_GENERATION_CONFIG_NAME)
     export_remote_code(dst)
     _build_tiny_token2wav(dst / TOKEN2WAV_SUBFOLDER, seed)
+    write_checksums(dst)
     return dst
 
 
@@ -240,7 +244,7 @@ def _build_tiny_token2wav(dst: Path, seed: int) -> None:
 
 
 def tiny_model_path() -> Path:
-    """Path of the tiny model in [`TINY_MODEL_DIR`] (`$OPENS2S_CACHE/tiny-v7`), built there on first use.
+    """Path of the tiny model in [`TINY_MODEL_DIR`] (`$OPENS2S_CACHE/tiny-v8`), built there on first use.
 
     The build goes to a staging folder that is renamed into place, so concurrent first uses never see half a folder.
     """
