@@ -43,7 +43,7 @@ def _print_status(workdir) -> None:
 def run(args: argparse.Namespace) -> int:
     """Run the parsed `opens2s data` command; returns the exit status."""
     from opens2s.dataset_scripts.pipeline import run_pipeline
-    from opens2s.dataset_scripts.runner import StageAborted
+    from opens2s.dataset_scripts.runner import StageAborted, WorkdirLocked
 
     if args.stage == "status":
         _print_status(args.workdir)
@@ -55,7 +55,7 @@ def run(args: argparse.Namespace) -> int:
         stages = (args.stage,)
     try:
         run_pipeline(config, stages)
-    except StageAborted as error:
+    except (StageAborted, WorkdirLocked) as error:
         print(f"opens2s data: {error}", file=sys.stderr)
         return 1
     _print_status(config.workdir)

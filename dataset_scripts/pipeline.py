@@ -18,6 +18,7 @@ from pathlib import Path
 
 from opens2s.dataset_scripts.backends import Backends
 from opens2s.dataset_scripts.config import STAGES, PipelineConfig
+from opens2s.dataset_scripts.runner import workdir_lock
 
 
 __all__ = ["load_stage", "pipeline_status", "run_pipeline", "run_stage"]
@@ -36,7 +37,16 @@ def load_stage(workdir: str | Path, stage: str):
 
 
 def run_stage(stage: str, config: PipelineConfig, backends: Backends | None = None):
-    """Run one stage on the output of the stage before it; returns the stage's dataset."""
+    """Run one stage on the output of the stage before it; returns the stage's dataset.
+
+    Raises:
+        [`WorkdirLocked`] when another run uses `config.workdir` (see [`workdir_lock`]).
+    """
+    with workdir_lock(config.workdir):
+        return _run_stage(stage, config, backends)
+
+
+def _run_stage(stage: str, config: PipelineConfig, backends: Backends | None):
     from opens2s.dataset_scripts.card import run_push
     from opens2s.dataset_scripts.stages import STAGE_FUNCTIONS
 
@@ -63,15 +73,19 @@ def run_pipeline(
         config ([`PipelineConfig`]): the settings (saved to `workdir/config.json`).
         stages (`list[str]`, *optional*): a subset of `STAGES`, e.g. `["seed", "instructions"]`.
         backends ([`Backends`], *optional*): ready-made backends (tests, notebooks); default: built from `config`.
+
+    Raises:
+        [`WorkdirLocked`] when another run uses `config.workdir`: one run per work folder at a time.
     """
     stages = list(STAGES if stages is None else stages)
     unknown = [stage for stage in stages if stage not in STAGES]
     if unknown:
         raise ValueError(f"unknown stages {unknown}; stages: {', '.join(STAGES)}")
-    backends = backends or Backends(config)
-    dataset = None
-    for stage in sorted(stages, key=STAGES.index):
-        dataset = run_stage(stage, config, backends)
+    with workdir_lock(config.workdir):
+        backends = backends or Backends(config)
+        dataset = None
+        for stage in sorted(stages, key=STAGES.index):
+            dataset = _run_stage(stage, config, backends)
     return dataset
 
 

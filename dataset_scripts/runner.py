@@ -29,6 +29,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -36,11 +37,12 @@ from typing import Any
 from opens2s.dataset_scripts.config import PipelineConfig
 
 
-__all__ = ["Failure", "StageAborted", "StageRunner", "map_rows", "write_atomic"]
+__all__ = ["Failure", "StageAborted", "StageRunner", "WorkdirLocked", "map_rows", "workdir_lock", "write_atomic"]
 
 logger = logging.getLogger(__name__)
 
 DATASET_DIR, FAILURES_FILE, MANIFEST_FILE = "dataset", "failures.jsonl", "manifest.json"
+LOCK_FILE = ".lock"
 
 
 @dataclass
@@ -55,6 +57,46 @@ class Failure:
 
 class StageAborted(RuntimeError):
     """Too many backend calls failed in a row (an endpoint down, a model missing): finished parts are kept."""
+
+
+class WorkdirLocked(RuntimeError):
+    """Another run holds the work folder's lock."""
+
+
+@contextmanager
+def workdir_lock(workdir: str | Path) -> Iterator[None]:
+    """Hold `WORKDIR/.lock` (an exclusive `fcntl.flock`, holding this process's pid) while a run writes the folder.
+
+    Two runs on one folder would race on its parts and stage folders; the second refuses at once instead. The
+    kernel drops a `flock` when its process exits, however it exits, so a crashed or killed run never leaves a stale
+    lock behind: the pid in the file is only for the message.
+
+    Raises:
+        [`WorkdirLocked`] naming the other run's pid when the folder is in use.
+    """
+    import fcntl
+
+    path = Path(workdir) / LOCK_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    descriptor = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            other = os.pread(descriptor, 32, 0).decode("ascii", "replace").strip() or "unknown"
+            raise WorkdirLocked(
+                f"{workdir} is in use by another run (pid {other}); wait for it to finish or stop it. A run that "
+                "crashed holds nothing: the lock ends with its process."
+            ) from None
+        os.ftruncate(descriptor, 0)
+        os.pwrite(descriptor, str(os.getpid()).encode("ascii"), 0)
+        try:
+            yield
+        finally:
+            os.ftruncate(descriptor, 0)
+            fcntl.flock(descriptor, fcntl.LOCK_UN)
+    finally:
+        os.close(descriptor)
 
 
 def write_atomic(path: Path, data: bytes) -> None:

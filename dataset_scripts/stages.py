@@ -45,7 +45,7 @@ from opens2s.dataset_scripts.prompting import (
 )
 from opens2s.dataset_scripts.runner import Failure, StageRunner, map_rows, write_atomic
 from opens2s.dataset_scripts.seeds import read_seed_source
-from opens2s.processing.audio_io import TARGET_SAMPLING_RATE, AudioError, load_audio
+from opens2s.processing.audio_io import TARGET_SAMPLING_RATE, AudioError, check_audio, load_audio
 from opens2s.processing.prompt_format import unit_string
 
 
@@ -66,6 +66,8 @@ logger = logging.getLogger(__name__)
 SEED_COLUMNS = ("id", "speaker", "language", "emotion", "age", "gender", "transcript")
 INSTRUCTION_COLUMNS = ("id", "seed_id", "speaker", "language", "emotion", "age", "gender", "instruction")
 INSTRUCTION_COLUMNS += ("seed_transcript", "seed_audio_file")
+# Audio files an earlier stage wrote (paths relative to the work folder), checked again by every later stage.
+STAGE_AUDIO_COLUMNS = ("seed_audio_file", "audio_file", "response_audio_file")
 
 
 class RowFailure(Exception):
@@ -169,6 +171,18 @@ def _write_wav(config: PipelineConfig, stage: str, row_id: str, waveform, rate: 
     return relative.as_posix(), waveform.size / rate
 
 
+def _stage_audio_problem(row: dict, config: PipelineConfig) -> RowFailure | None:
+    """Why an audio file an earlier stage wrote for this row can no longer be used (removed, or changed into
+    something unreadable, empty or of a broken rate since that stage counted it done), or `None`. Header only."""
+    for column in STAGE_AUDIO_COLUMNS:
+        if row.get(column):
+            try:
+                check_audio(str(config.workdir / row[column]))
+            except (AudioError, OSError) as error:
+                return RowFailure("corrupt stage audio", f"{column} {row[column]}: {error}"[:300])
+    return None
+
+
 def _commit_results(runner: StageRunner, batch: list[dict], results: list, make_row) -> None:
     """Commit a chunk of 1:1 results: `make_row(row, result)` for successes, the reason for exceptions."""
     rows, done, failures = [], [], []
@@ -189,10 +203,17 @@ def _run_one_to_one(stage: str, source, config: PipelineConfig, work, make_row, 
     ids = [row["id"] for row in rows]
     pending = runner.pending(ids)
     workers = workers() if pending else 1
+
+    def checked_work(row: dict):
+        problem = _stage_audio_problem(row, config)
+        if problem is not None:
+            raise problem
+        return work(row)
+
     with _progress(stage, len(pending)) as progress:
         for chunk in runner.chunks(pending):
             batch = [rows[position] for position in chunk]
-            _commit_results(runner, batch, map_rows(work, batch, workers, progress), make_row)
+            _commit_results(runner, batch, map_rows(checked_work, batch, workers, progress), make_row)
     return runner.finish(ids, features_of(stage), info=info)
 
 
@@ -444,9 +465,12 @@ def run_units(source, backends, config: PipelineConfig):
     with _progress("units", len(pending)) as progress:
         for chunk in runner.chunks(pending):
             batch = [rows[position] for position in chunk]
-            encoded = _encode_units(batch, backends.speech_tokenizer, config)
+            problems = [_stage_audio_problem(row, config) for row in batch]
+            readable = [row for row, problem in zip(batch, problems, strict=True) if problem is None]
+            encoded = iter(_encode_units(readable, backends.speech_tokenizer, config) if readable else [])
             results = []
-            for row, units in zip(batch, encoded, strict=True):
+            for row, problem in zip(batch, problems, strict=True):
+                units = problem if problem is not None else next(encoded)
                 try:
                     results.append(units if isinstance(units, Exception) else _training_row(row, list(units)))
                 except RowFailure as error:

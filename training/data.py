@@ -14,15 +14,18 @@ indices; lists are stored as strings. Rows that cannot be used are skipped and r
 reason (missing or unreadable audio, empty text, units out of range, ...), never dropped silently.
 """
 
+import io
 import json
 from collections import Counter
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from transformers.utils import logging
 
-from opens2s.processing.audio_io import AudioError, check_audio
+from opens2s.modeling_opens2s.streaming_opens2s import SpeakerEmbeddingError, check_speaker_embedding
+from opens2s.processing.audio_io import MAX_AUDIO_SECONDS, AudioError, check_audio, load_audio
 from opens2s.processing.prompt_format import parse_unit_string, unit_string
 
 
@@ -48,9 +51,11 @@ def _resolve(path_text: str, roots: list[Path]) -> Path | None:
     return next((candidate for candidate in candidates if candidate.is_file()), None)
 
 
-def _check_audio(value: Any, roots: list[Path], check_files: bool) -> tuple[Any, str | None]:
-    """The audio value with a resolved absolute path, or the reason it cannot be used (files are checked from their
-    header by [`check_audio`]: readable, not empty, rate and length within the limits)."""
+def _check_audio(value: Any, roots: list[Path], options: dict) -> tuple[Any, str | None]:
+    """The audio value with a resolved absolute path, or the reason it cannot be used. Files and bytes are checked
+    from their header by [`check_audio`] (readable, not empty, rate and length within the limits), and float files
+    (the only kind that can hold NaN) are scanned block by block for non-finite samples; in-memory arrays are read
+    by [`load_audio`]."""
     if isinstance(value, dict) and value.get("bytes") is None and value.get("array") is None and value.get("path"):
         value = value["path"]
     if isinstance(value, (str, Path)):
@@ -58,15 +63,50 @@ def _check_audio(value: Any, roots: list[Path], check_files: bool) -> tuple[Any,
         if path is None:
             return None, "missing audio file"
         value = str(path.resolve())
-    if not check_files:
+    if not options["check_files"]:
         return value, None
-    if isinstance(value, dict) and value.get("array") is not None:
-        return (value, None) if len(value["array"]) else (None, "empty audio")
+    limits = {"max_seconds": options["max_audio_seconds"]}
     try:
-        check_audio(value)
+        if isinstance(value, dict) and value.get("array") is not None:
+            load_audio(value, **limits)
+        else:
+            check_audio(value, **limits)
+            if _has_nonfinite_samples(value):
+                return None, "NaN or Inf samples"
     except AudioError as error:
         return None, error.reason
     return value, None
+
+
+def _has_nonfinite_samples(value: str | dict) -> bool:
+    """Whether a float-coded file (path or `{"bytes"}`, already checked by `check_audio`) holds NaN or Inf; integer
+    and compressed codings cannot. Read in blocks, so memory stays small whatever the length."""
+    import soundfile
+
+    source = value if isinstance(value, str) else io.BytesIO(value["bytes"]) if value.get("bytes") else value["path"]
+    with soundfile.SoundFile(source) as handle:
+        if handle.subtype not in ("FLOAT", "DOUBLE"):
+            return False
+        return any(not np.isfinite(block).all() for block in handle.blocks(blocksize=1 << 16, dtype="float32"))
+
+
+def _check_speaker_file(path: Path, dim: int | None) -> str | None:
+    """The reason a `.npy` speaker embedding cannot be used, or `None`: it must be a plain numeric array (no pickled
+    objects) of `dim` finite values with a sane norm ([`check_speaker_embedding`]). Its size is read from the header
+    before any values are."""
+    try:
+        array = np.load(path, mmap_mode="r", allow_pickle=False)
+    except (OSError, ValueError, EOFError):
+        return "unreadable spk_emb file"
+    if not isinstance(array, np.ndarray) or array.dtype.kind not in "fiu":
+        return "unreadable spk_emb file"
+    if dim is not None and array.size != dim:
+        return "spk_emb of the wrong size"
+    try:
+        check_speaker_embedding(np.array(array), array.size, str(path))
+    except SpeakerEmbeddingError as error:
+        return f"spk_emb {error.reason}"
+    return None
 
 
 def _check_units(units: Any, num_units: int | None) -> tuple[str | None, str | None]:
@@ -83,20 +123,40 @@ def _check_units(units: Any, num_units: int | None) -> tuple[str | None, str | N
 
 
 # ---------------------------------------------------------------- row checks
-def _check_item(item: dict, role: str, roots: list[Path], options: dict) -> tuple[dict | None, str | None]:
+def _item_type_error(item: Any) -> str | None:
+    """The reason an item's fields have the wrong types (a string where an object is due, units as a number, ...)."""
+    if not isinstance(item, dict):
+        return "content item is not an object"
+    for key in ("text", "spk_emb"):
+        if item.get(key) is not None and not isinstance(item[key], str):
+            return f"{key} is not a string"
+    if item.get("audio") is not None and not isinstance(item["audio"], (str, dict)):
+        return "audio is not a path or an audio value"
+    if item.get("speech_units") is not None and not isinstance(item["speech_units"], (str, list)):
+        return "speech units not in <|audio_k|> form"
+    return None
+
+
+def _check_item(item: Any, role: str, roots: list[Path], options: dict) -> tuple[dict | None, str | None]:
+    reason = _item_type_error(item)
+    if reason:
+        return None, reason
     item = {key: item.get(key) or "" for key in ITEM_KEYS}
-    if item["audio"] is not None and len(item["audio"]) > 0:
+    if len(item["audio"]) > 0:
         if role != "user":
             return None, "audio input outside a user turn"
-        item["audio"], reason = _check_audio(item["audio"], roots, options["check_files"])
+        item["audio"], reason = _check_audio(item["audio"], roots, options)
         if reason:
             return None, reason
     if item["spk_emb"]:
         path = _resolve(item["spk_emb"], roots)
         if path is None:
             return None, "missing spk_emb file"
+        reason = _check_speaker_file(path, options["speaker_embedding_dim"]) if options["check_files"] else None
+        if reason:
+            return None, reason
         item["spk_emb"] = str(path.resolve())
-    if item["speech_units"] is not None and len(item["speech_units"]) > 0:
+    if len(item["speech_units"]) > 0:
         if role != "assistant" or not item["text"]:
             return None, "speech units without assistant text"
         item["speech_units"], reason = _check_units(item["speech_units"], options["num_units"])
@@ -111,6 +171,8 @@ def _check_row(messages: list, roots: list[Path], options: dict) -> tuple[list |
         return None, "no messages"
     fixed = []
     for message in messages:
+        if not isinstance(message, dict):
+            return None, "message is not an object"
         role, content = message.get("role"), message.get("content")
         if role not in ("user", "assistant", "system"):
             return None, f"unknown role {role!r}"
@@ -151,13 +213,13 @@ def _conversation_rows(record: dict, roots: list[Path], options: dict) -> tuple[
 def _text_to_units_rows(record: dict, roots: list[Path], options: dict) -> tuple[list[dict], str | None]:
     """One `{"text", "speech_units"}` row per spoken answer (of a conversation, or the record itself)."""
     if record.get("messages") is None:
-        text = (record.get("text") or record.get("response") or "").strip()
-        if not text:
+        text = record.get("text") or record.get("response") or ""
+        if not isinstance(text, str) or not text.strip():
             return [], "empty text"
-        if record.get("speech_units") is None or len(record["speech_units"]) == 0:
+        if not record.get("speech_units"):
             return [], "no speech units"
         units, reason = _check_units(record["speech_units"], options["num_units"])
-        return ([{"text": text, "speech_units": units}], None) if units else ([], reason)
+        return ([{"text": text.strip(), "speech_units": units}], None) if units else ([], reason)
     messages, reason = _check_row(record["messages"], roots, {**options, "check_files": False})
     if reason:
         return [], reason
@@ -199,6 +261,8 @@ def load_original_jsonl(
     audio_root: str | Path | None = None,
     num_units: int | None = None,
     row_format: str = "conversation",
+    speaker_embedding_dim: int | None = 512,
+    max_audio_seconds: float | None = MAX_AUDIO_SECONDS,
 ):
     """Load an original OpenS2S jsonl file as a `datasets.Dataset` with one `messages` column.
 
@@ -207,7 +271,10 @@ def load_original_jsonl(
     `audio_root` when given, else against the file's folder, then its parent folder (the data root of the original
     layout, where `inputs/a.wav` lives beside `inputs/train.jsonl`), and made absolute. Rows that cannot be used
     (missing or unreadable files, empty messages, units without text or out of `[0, num_units)`, ...) are skipped and
-    reported by count and reason in one warning, never dropped silently.
+    reported by count and reason in one warning, never dropped silently. Audio is checked from its header (rate at
+    least 4000 Hz, at least one 10 ms frame, at most `max_audio_seconds`), float-coded audio for NaN/Inf samples,
+    speaker embeddings for `speaker_embedding_dim` finite values of a sane norm; a message, item or field of the
+    wrong type is a bad row too.
 
     With `row_format="text_to_units"` (stage 2a) the dataset has `text` and `speech_units` columns instead: one row
     per spoken answer.
@@ -216,7 +283,7 @@ def load_original_jsonl(
 
     path = Path(path)
     roots = [Path(audio_root)] if audio_root is not None else [path.parent, path.parent.parent]
-    build, options = _ROW_BUILDERS[row_format], {"num_units": num_units, "check_files": True}
+    build, options = _ROW_BUILDERS[row_format], _options(num_units, speaker_embedding_dim, max_audio_seconds)
     report, rows = _Report(path), []
     with path.open(encoding="utf-8") as handle:
         for line_number, line in enumerate(handle, start=1):
@@ -243,6 +310,8 @@ def load_training_dataset(
     row_format: str = "conversation",
     split: str = "train",
     dataset_config: str | None = None,
+    speaker_embedding_dim: int | None = 512,
+    max_audio_seconds: float | None = MAX_AUDIO_SECONDS,
 ):
     """Load training rows from a jsonl file, a `datasets` folder (`save_to_disk`), a Hub id or a `Dataset`.
 
@@ -258,6 +327,10 @@ def load_training_dataset(
             `"text_to_units"` (stage 2a).
         split (`str`, *optional*, defaults to `"train"`): split of a Hub or folder dataset.
         dataset_config (`str`, *optional*): configuration name of a Hub dataset.
+        speaker_embedding_dim (`int`, *optional*, defaults to 512): values per `spk_emb` file
+            (`model.config.speaker_embedding_dim`); rows whose file holds another number are skipped.
+        max_audio_seconds (`float`, *optional*, defaults to 600): longest audio kept
+            (`processor.feature_extractor.max_audio_seconds`).
 
     Returns:
         `datasets.Dataset` whose rows the stage's collator reads. `datasets` tables keep their columns (an `Audio`
@@ -269,7 +342,14 @@ def load_training_dataset(
     if row_format not in _ROW_BUILDERS:
         raise ValueError(f"row_format must be one of {list(_ROW_BUILDERS)}, got {row_format!r}")
     if isinstance(data, (str, Path)) and Path(data).is_file():
-        return load_original_jsonl(data, audio_root=audio_root, num_units=num_units, row_format=row_format)
+        return load_original_jsonl(
+            data,
+            audio_root,
+            num_units,
+            row_format,
+            speaker_embedding_dim=speaker_embedding_dim,
+            max_audio_seconds=max_audio_seconds,
+        )
     if isinstance(data, datasets.Dataset):
         dataset, source = data, "dataset"
     elif Path(data).is_dir() and (Path(data) / "dataset_info.json").is_file():
@@ -283,14 +363,24 @@ def load_training_dataset(
         roots = [Path(audio_root)]
     else:  # paths in a local dataset folder are relative to it; a Hub dataset should carry an `Audio` column
         roots = [Path(data), Path.cwd()] if isinstance(data, (str, Path)) and Path(data).is_dir() else [Path.cwd()]
-    return _checked_table(dataset, source, roots, num_units, row_format)
+    options = _options(num_units, speaker_embedding_dim, max_audio_seconds)
+    return _checked_table(dataset, source, roots, options, row_format)
 
 
-def _checked_table(dataset, source: str, roots: list[Path], num_units: int | None, row_format: str):
+def _options(num_units: int | None, speaker_embedding_dim: int | None, max_audio_seconds: float | None) -> dict:
+    return {
+        "num_units": num_units,
+        "speaker_embedding_dim": speaker_embedding_dim,
+        "max_audio_seconds": max_audio_seconds,
+        "check_files": True,
+    }
+
+
+def _checked_table(dataset, source: str, roots: list[Path], options: dict, row_format: str):
     """Skip and report the bad rows of a `datasets` table; conversations are normalised lazily on access."""
     import datasets
 
-    build, options = _ROW_BUILDERS[row_format], {"num_units": num_units, "check_files": True}
+    build = _ROW_BUILDERS[row_format]
     report, keep, rows = _Report(source), [], []
     for index, record in enumerate(dataset):
         report.total += 1

@@ -12,14 +12,13 @@ One process (CPU or one GPU):
         --stage sft \\
         --model_name_or_path path/to/opens2s-folder \\
         --dataset_name data/train.jsonl \\
-        --trust_remote_code \\
         --output_dir opens2s-sft \\
         --per_device_train_batch_size 4 --gradient_accumulation_steps 16 --learning_rate 2e-5 --bf16
 
 Several GPUs (pick `multi_gpu_ddp`, `deepspeed_zero2`, `deepspeed_zero3` or `fsdp` in `training/accelerate_configs/`):
 
     accelerate launch --config_file training/accelerate_configs/multi_gpu_ddp.yaml -m opens2s.training.train \\
-        --stage sft --model_name_or_path path/to/opens2s-folder --dataset_name data/train.jsonl --trust_remote_code \\
+        --stage sft --model_name_or_path path/to/opens2s-folder --dataset_name data/train.jsonl \\
         --output_dir opens2s-sft --bf16 --gradient_accumulation_steps 16
 
 CPU, two processes (gloo), as the tests run it (`--cpu --num_processes 2` starts only ONE process in accelerate
@@ -32,7 +31,9 @@ The same through the CLI: `opens2s train --stage sft --model FOLDER --data data/
 Stages: `align` (1), `speech_pretrain_text` (2a), `speech_pretrain` (2b), `sft` (3); see `opens2s.training.stages`.
 `--dataset_name` is a jsonl file in the original format, a `save_to_disk` folder, or a Hub id / local folder that
 `datasets.load_dataset` reads (`--dataset_config`, `--dataset_train_split`); relative audio paths resolve against
-`--audio_root`. `--lora` (or `--use_peft`) trains LoRA on the LLM with `--lora_r/--lora_alpha/--lora_dropout/
+`--audio_root`. The model folder loads with the installed opens2s classes, after a check against its
+`checksums.sha256` when it has one (`--verify_checksums False` skips it); `--trust_remote_code` runs the folder's own
+code instead. `--lora` (or `--use_peft`) trains LoRA on the LLM with `--lora_r/--lora_alpha/--lora_dropout/
 --lora_target_modules`; `--resume_from_checkpoint` continues from a checkpoint folder (or `True`: the latest one in
 `--output_dir`). Everything else is [`~trl.SFTConfig`] / [`~transformers.TrainingArguments`].
 
@@ -65,11 +66,16 @@ def _script_arguments_class():
 
     @dataclass
     class OpenS2SScriptArguments(ScriptArguments):
-        """TRL's script arguments plus `audio_root`, the folder relative audio and speaker-embedding paths are in."""
+        """TRL's script arguments plus `audio_root`, the folder relative audio and speaker-embedding paths are in, and
+        `verify_checksums`."""
 
         audio_root: str | None = field(
             default=None,
             metadata={"help": "Folder relative audio paths are relative to (default: next to the jsonl file)."},
+        )
+        verify_checksums: bool = field(
+            default=True,
+            metadata={"help": "Check a local model folder against its checksums.sha256 before loading it."},
         )
 
     return OpenS2SScriptArguments
@@ -100,8 +106,8 @@ def build_peft_config(training_args, model_args, preset):
 def main(argv: list[str] | None = None) -> int:
     """Parse the arguments, train the stage, save the result; returns the exit status."""
     import transformers
-    from transformers import AutoModel, AutoProcessor
 
+    from opens2s.processing.loading import load_opens2s_model, load_opens2s_processor, verify_model_folder
     from opens2s.training.data import load_training_dataset
     from opens2s.training.stages import get_stage
     from opens2s.training.trainer import OpenS2STrainer
@@ -125,9 +131,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     preset = get_stage(training_args.stage)
     source = model_args.model_name_or_path
+    if script_args.verify_checksums:
+        verify_model_folder(source)
+    # The installed classes unless --trust_remote_code: the folder's own files run only when asked for.
     load_kwargs = {"trust_remote_code": training_args.trust_remote_code, "revision": model_args.model_revision}
-    processor = AutoProcessor.from_pretrained(source, **load_kwargs)
-    model = AutoModel.from_pretrained(
+    processor = load_opens2s_processor(source, **load_kwargs)
+    model = load_opens2s_model(
         source, dtype=model_args.dtype, attn_implementation=model_args.attn_implementation, **load_kwargs
     )
     dataset = load_training_dataset(
@@ -137,6 +146,8 @@ def main(argv: list[str] | None = None) -> int:
         row_format=preset.row_format,
         split=script_args.dataset_train_split,
         dataset_config=script_args.dataset_config,
+        speaker_embedding_dim=model.config.speaker_embedding_dim,
+        max_audio_seconds=processor.feature_extractor.max_audio_seconds,
     )
     trainer = OpenS2STrainer(
         model,
