@@ -27,6 +27,7 @@ come from the model folder's copy of this module, so `isinstance` against `opens
 
 import copy
 import logging
+import os
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -45,6 +46,7 @@ from transformers.generation.logits_process import (
     TopKLogitsWarper,
     TopPLogitsWarper,
 )
+from transformers.utils import cached_file
 
 from .processing_opens2s import find_unit_tokens
 
@@ -54,9 +56,13 @@ __all__ = [
     "ChunkRecord",
     "Done",
     "IncrementalDetokenizer",
+    "SpeakerEmbeddingError",
     "SpeechUnits",
     "StreamStats",
     "TextDelta",
+    "check_speaker_embedding",
+    "check_stream_inputs",
+    "load_generation_config_file",
     "stream",
     "speech_generation_config_of",
     "unit_token_range",
@@ -67,8 +73,12 @@ logger = logging.getLogger(__name__)
 # Budget used when a generation config leaves `max_new_tokens` unset (the original's fallback for both LMs).
 DEFAULT_MAX_NEW_TOKENS = 512
 SPEECH_GENERATION_CONFIG_NAME = "speech_generation_config.json"
+_HUB_KWARGS = ("cache_dir", "force_download", "proxies", "local_files_only", "token", "revision", "subfolder")
 # Generation-config fields this loop does not implement; a value other than the default only logs a warning.
 _UNSUPPORTED_FIELDS = ("no_repeat_ngram_size", "bad_words_ids", "min_new_tokens", "sequence_bias", "typical_p")
+# Speaker encoders (CAM++ 512-d, x-vector 192-d) give values of order 1: a unit-variance 512-d vector has norm ~23.
+# A norm above this is unscaled or corrupt data; far above it the decoder's LayerNorm overflows and it stops at once.
+MAX_SPEAKER_EMBEDDING_NORM = 1000.0
 
 
 # ---------------------------------------------------------------------------------------------------------- events
@@ -316,20 +326,52 @@ def _pick(logits: torch.Tensor, history: torch.Tensor, settings: _DecodeSettings
     return scores.argmax(dim=-1, keepdim=True)
 
 
+def load_generation_config_file(
+    name_or_path: str | os.PathLike, file_name: str, assumed: str, **hub_kwargs
+) -> GenerationConfig | None:
+    """Read one generation config file of a model folder or Hub repo, or `None` (with a warning saying `assumed`)
+    when the folder has none.
+
+    Raises:
+        `ValueError` naming the file when it exists but cannot be read (not JSON, or values `GenerationConfig`
+        refuses): a corrupt file is never replaced by defaults, which would silently change the ids generated.
+    """
+    hub_kwargs = {key: value for key, value in hub_kwargs.items() if key in _HUB_KWARGS and value is not None}
+    try:
+        path = cached_file(
+            str(name_or_path),
+            file_name,
+            _raise_exceptions_for_missing_entries=False,
+            _raise_exceptions_for_connection_errors=False,
+            **hub_kwargs,
+        )
+    except OSError:  # not a folder and not a repo the Hub has (or can reach): nothing to read
+        path = None
+    if path is None:
+        logger.warning("%s has no %s: %s", name_or_path, file_name, assumed)
+        return None
+    try:
+        return GenerationConfig.from_pretrained(os.path.dirname(path), config_file_name=os.path.basename(path))
+    except (OSError, ValueError, TypeError) as error:
+        raise ValueError(f"{path} is corrupt ({error}); fix it, or delete it to use defaults ({assumed})") from error
+
+
 def speech_generation_config_of(model) -> GenerationConfig:
     """`model.speech_generation_config` if set, else the folder's `speech_generation_config.json` (then cached on
-    the model next to `model.generation_config`), else only the decoder's EOS."""
+    the model next to `model.generation_config`), else only the decoder's EOS (with a warning, also cached).
+
+    Raises:
+        `ValueError` when the folder's `speech_generation_config.json` is corrupt.
+    """
     config = getattr(model, "speech_generation_config", None)
     if config is not None:
         return config
-    try:
-        config = GenerationConfig.from_pretrained(
-            model.config.name_or_path, config_file_name=SPEECH_GENERATION_CONFIG_NAME
-        )
-    except (OSError, ValueError):
-        return GenerationConfig(eos_token_id=model.config.speech_decoder_config.eos_token_id)
-    model.speech_generation_config = config
-    return config
+    eos = model.config.speech_decoder_config.eos_token_id
+    assumed = f"the speech decoder decodes greedily until its EOS {eos}, without suppress_tokens"
+    if model.config.name_or_path:
+        config = load_generation_config_file(model.config.name_or_path, SPEECH_GENERATION_CONFIG_NAME, assumed)
+    model.speech_generation_config = config if config is not None else GenerationConfig(eos_token_id=eos)
+    return model.speech_generation_config
 
 
 class _LMState:
@@ -640,6 +682,93 @@ def _apply_generation_kwargs(
     return generation_config, speech_generation_config
 
 
+class SpeakerEmbeddingError(ValueError):
+    """A `ValueError` about a speaker embedding; `reason` is a short fixed phrase (`"of the wrong size"`, `"not
+    numbers"`, `"not finite"`, `"norm too large"`) for counting bad training rows, the message says the details."""
+
+    def __init__(self, reason: str, message: str):
+        super().__init__(message)
+        self.reason = reason
+
+
+def check_speaker_embedding(value, dim: int, name: str = "speaker_embedding") -> torch.Tensor:
+    """One speaker embedding as a float32 `(dim,)` tensor, or a [`SpeakerEmbeddingError`] naming `name`, what was
+    expected and what was given: it must hold `dim` finite numbers, with an L2 norm of at most
+    `MAX_SPEAKER_EMBEDDING_NORM` (a NaN or huge voice makes the speech decoder stop at once: no units, no audio)."""
+    try:
+        tensor = torch.as_tensor(np.asarray(value) if isinstance(value, (list, tuple)) else value)
+    except (TypeError, ValueError, RuntimeError) as error:
+        raise SpeakerEmbeddingError(
+            "not numbers", f"{name} must be {dim} numbers, got {type(value).__name__} ({error})"
+        ) from None
+    if not (tensor.is_floating_point() or tensor.dtype in (torch.int8, torch.int16, torch.int32, torch.int64)):
+        raise SpeakerEmbeddingError("not numbers", f"{name} must be {dim} numbers, got dtype {tensor.dtype}")
+    if tensor.numel() != dim or sum(size > 1 for size in tensor.shape) > 1:
+        raise SpeakerEmbeddingError(
+            "of the wrong size", f"{name} must be one vector of {dim} values, got shape {tuple(tensor.shape)}"
+        )
+    tensor = tensor.detach().float().reshape(dim)
+    if not torch.isfinite(tensor).all():
+        count = int((~torch.isfinite(tensor)).sum())
+        raise SpeakerEmbeddingError("not finite", f"{name} must be finite, got {count} NaN/Inf values")
+    norm = float(tensor.double().norm())
+    if norm > MAX_SPEAKER_EMBEDDING_NORM:
+        raise SpeakerEmbeddingError(
+            "norm too large",
+            f"{name} has an L2 norm of {norm:.3g}; speaker embeddings have norms of order 10 and at most "
+            f"{MAX_SPEAKER_EMBEDDING_NORM:g} is accepted (unscaled or corrupt data?)",
+        )
+    return tensor
+
+
+def check_stream_inputs(model, input_ids, speaker_embedding=None, token2wav=None, token2wav_speaker_embedding=None):
+    """Check a conversation's prompt and voices before anything runs (so nothing fails after events went out).
+
+    Returns:
+        `input_ids` as a `(1, prompt_length)` LongTensor, `speaker_embedding` as `(speaker_embedding_dim,)` (or
+        `None`), `token2wav_speaker_embedding` as `(1, token2wav's speaker_embedding_dim)` (or `None`).
+
+    Raises:
+        `ValueError` naming the argument, what was expected and what was given: `input_ids` not one non-empty row of
+        integer ids within the LLM's vocabulary; a speaker embedding of the wrong size, not finite or of absurd norm
+        (see [`check_speaker_embedding`]).
+    """
+    if not isinstance(input_ids, torch.Tensor):
+        input_ids = torch.as_tensor(np.asarray(input_ids))
+    if input_ids.is_floating_point() or input_ids.is_complex() or input_ids.dtype == torch.bool:
+        raise ValueError(f"input_ids must be integer token ids, got dtype {input_ids.dtype}")
+    if input_ids.dim() == 1:
+        input_ids = input_ids[None]
+    if input_ids.dim() != 2 or input_ids.shape[0] != 1:
+        raise ValueError(
+            "stream generates one conversation at a time: batch size must be 1 (input_ids of shape (1, "
+            f"prompt_length)), got input_ids of shape {tuple(input_ids.shape)}"
+        )
+    if input_ids.shape[1] == 0:
+        raise ValueError("input_ids is empty: the prompt needs at least one token (apply_chat_template's output)")
+    vocab_size = model.get_input_embeddings().num_embeddings
+    # The audio placeholder may lie outside the embedding table: its positions get audio frames, not embeddings.
+    text_ids = (
+        input_ids[input_ids != model.config.audio_token_id] if model.config.audio_token_id is not None else input_ids
+    )
+    if text_ids.numel() and (int(text_ids.min()) < 0 or int(text_ids.max()) >= vocab_size):
+        raise ValueError(
+            f"input_ids must lie in [0, {vocab_size}) (the LLM's vocabulary) or be the audio placeholder "
+            f"{model.config.audio_token_id}, got ids from {int(text_ids.min())} to {int(text_ids.max())}"
+        )
+    if speaker_embedding is not None:
+        speaker_embedding = check_speaker_embedding(speaker_embedding, model.config.speaker_embedding_dim)
+    if token2wav_speaker_embedding is not None:
+        name = "token2wav_speaker_embedding"
+        if token2wav:
+            dim = token2wav.config.flow_config.speaker_embedding_dim
+            token2wav_speaker_embedding = check_speaker_embedding(token2wav_speaker_embedding, dim, name)[None]
+        else:
+            logger.warning("%s is ignored: no token2wav decoder is attached or given", name)
+            token2wav_speaker_embedding = None
+    return input_ids.long(), speaker_embedding, token2wav_speaker_embedding
+
+
 @torch.no_grad()
 def new_conversation(
     model,
@@ -669,12 +798,11 @@ def new_conversation(
 ):
     """Check the arguments of one conversation (those of [`stream`]) and return its schedule, ready to run: a
     generator of events and [`_Feed`] requests, and the `_Interleaver` that holds its state."""
-    if input_ids.dim() == 1:
-        input_ids = input_ids[None]
-    if input_ids.shape[0] != 1:
-        raise ValueError(
-            f"stream generates one conversation at a time: batch size must be 1, got {input_ids.shape[0]}"
-        )
+    if token2wav is None:
+        token2wav = getattr(model, "token2wav", None)
+    input_ids, speaker_embedding, token2wav_speaker_embedding = check_stream_inputs(
+        model, input_ids, speaker_embedding, token2wav, token2wav_speaker_embedding
+    )
     device = model.device
     input_ids = input_ids.to(device)
     if input_features is not None:
@@ -700,21 +828,12 @@ def new_conversation(
         raise ValueError(
             f"the text budget (generation_config.max_new_tokens) must be >= 1, got {text_settings.budget}"
         )
-    if speaker_embedding is not None:
-        speaker_embedding = torch.as_tensor(speaker_embedding)
-        if speaker_embedding.numel() != model.config.speaker_embedding_dim:
-            raise ValueError(
-                f"speaker_embedding must hold one vector of {model.config.speaker_embedding_dim} values, "
-                f"got shape {tuple(speaker_embedding.shape)}"
-            )
     if seed is not None:
         generator = generator if generator is not None else torch.Generator(device=device).manual_seed(seed)
         token2wav_generator = (
             token2wav_generator if token2wav_generator is not None else torch.Generator().manual_seed(seed)
         )
     tokenizer, unit_range = _resolve_tokenizers(processor, tokenizer, unit_tokenizer)
-    if token2wav is None:
-        token2wav = getattr(model, "token2wav", None)
     audio_stream = None
     if token2wav:
         if unit_range is None:
