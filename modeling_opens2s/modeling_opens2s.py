@@ -24,6 +24,7 @@ from .configuration_opens2s import OpenS2SConfig
 from .engine_opens2s import OpenS2SEngine, split_batch
 from .interleave_opens2s import IGNORE_INDEX, build_interleaved_rows, find_speech_spans
 from .saving_opens2s import TOKEN2WAV_SUBFOLDER, publish_folder, save_speech_parts, staging_folder
+from .streaming_opens2s import load_generation_config_file
 from .streaming_opens2s import stream as stream_events
 
 
@@ -41,6 +42,17 @@ __all__ = [
 ]
 
 logger = logging.get_logger(__name__)
+GENERATION_CONFIG_NAME = "generation_config.json"
+# The positional arguments of `adjust_generation_fn` after the model id, in transformers' order.
+_ADJUST_GENERATION_ARGS = (
+    "cache_dir",
+    "force_download",
+    "proxies",
+    "local_files_only",
+    "token",
+    "revision",
+    "subfolder",
+)
 
 
 @dataclass
@@ -277,6 +289,25 @@ class OpenS2SForConditionalGeneration(OpenS2SPreTrainedModel, GenerationMixin):
         self.speaker_projection = nn.Linear(config.speaker_embedding_dim, decoder_dim, bias=False)
         self.speaker_norm = nn.LayerNorm(decoder_dim, eps=1e-5)
         self.post_init()
+
+    def adjust_generation_fn(
+        self, generation_config, from_auto_class, from_pipeline, pretrained_model_name_or_path, *args, **kwargs
+    ):
+        """`GenerationMixin.adjust_generation_fn`, except that a `generation_config.json` which exists but cannot be
+        read is an error (transformers would silently use the defaults: other ids, no `suppress_tokens`), and a
+        missing one is a warning saying what is assumed."""
+        if generation_config is None and pretrained_model_name_or_path is not None:
+            hub_kwargs = dict(zip(_ADJUST_GENERATION_ARGS, args, strict=False)) | kwargs
+            load_generation_config_file(
+                pretrained_model_name_or_path,
+                GENERATION_CONFIG_NAME,
+                f"the LLM decodes greedily until its EOS {self.config.text_config.eos_token_id}, without "
+                "suppress_tokens",
+                **hub_kwargs,
+            )
+        super().adjust_generation_fn(
+            generation_config, from_auto_class, from_pipeline, pretrained_model_name_or_path, *args, **kwargs
+        )
 
     def get_input_embeddings(self) -> nn.Module:
         return self.language_model.get_input_embeddings()
