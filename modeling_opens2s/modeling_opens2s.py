@@ -689,7 +689,18 @@ class OpenS2SForConditionalGeneration(OpenS2SPreTrainedModel, GenerationMixin):
         With sampling, pass `seed=` rather than one `generator` so every row draws from its own generator.
 
         With `return_speech=False` it is `GenerationMixin.generate` (text only, batched, returns token ids).
+
+        `generation_mode` (what `pipeline("any-to-any")` passes) chooses the path: `"text"` is `return_speech=False`;
+        `"audio"` speaks, attaching the folder's token2wav decoder and reading its processor (for the unit
+        vocabulary) when none is attached or passed.
         """
+        generation_mode = kwargs.pop("generation_mode", None)
+        if generation_mode not in (None, "text", "audio"):
+            raise ValueError(f"generation_mode must be 'text' or 'audio', got {generation_mode!r}")
+        if generation_mode == "text":
+            return_speech = False
+        elif generation_mode == "audio":
+            self._prepare_to_speak(kwargs)
         if not return_speech:
             input_ids, kwargs["attention_mask"] = left_padded(input_ids, kwargs.get("attention_mask"))
             return super().generate(input_ids, **kwargs)
@@ -721,6 +732,16 @@ class OpenS2SForConditionalGeneration(OpenS2SPreTrainedModel, GenerationMixin):
             stats=answers[0][4] if len(answers) == 1 else None,
             row_stats=[stats for *_, stats in answers],
         )
+
+    def _prepare_to_speak(self, kwargs: dict):
+        """Fill in what `generate(generation_mode="audio")` needs and was not given: the attached token2wav decoder
+        (from this model's folder) and the processor (the unit vocabulary)."""
+        if kwargs.get("token2wav") is None and self.token2wav is None:
+            self.attach_token2wav()
+        if kwargs.get("processor") is None and kwargs.get("unit_tokenizer") is None:
+            from transformers import AutoProcessor
+
+            kwargs["processor"] = AutoProcessor.from_pretrained(self.name_or_path, trust_remote_code=True)
 
     @staticmethod
     def _collect_answer(events) -> tuple[list[int], list[int], torch.Tensor | None, int | None, object]:

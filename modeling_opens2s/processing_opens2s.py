@@ -135,6 +135,38 @@ class OpenS2SProcessor(ProcessorMixin):
     def replace_audio_token(self, audio_inputs: dict, audio_idx: int, **kwargs) -> str:
         return self.audio_token * audio_inputs["num_audio_tokens"][audio_idx]
 
+    def post_process_multimodal_output(
+        self, generated_outputs, skip_special_tokens: bool = True, generation_mode: str | None = None, **kwargs
+    ) -> list:
+        """Text or audio answers from `generate`'s output (what `pipeline("any-to-any")` calls).
+
+        Args:
+            generated_outputs ([`OpenS2SGenerateOutput`] or `torch.LongTensor` of shape `(batch_size, length)`):
+                `generate`'s output: its `sequences` are decoded for text, its `audio_values` cut to `audio_lengths`
+                for audio. Ids alone (`generate(return_speech=False)`) give text.
+            skip_special_tokens (`bool`, *optional*, defaults to `True`): leave special tokens out of the text.
+            generation_mode (`str`, *optional*): `"text"` (default) or `"audio"`.
+            kwargs: passed to the tokenizer's `batch_decode`.
+
+        Returns:
+            `list[str]` for text, `list[np.ndarray]` of shape `(num_samples,)` (float32, at the token2wav decoder's
+            rate) for audio: one per row.
+        """
+        if generation_mode in (None, "text"):
+            sequences = getattr(generated_outputs, "sequences", generated_outputs)
+            if isinstance(sequences, torch.Tensor) and sequences.dim() == 1:
+                sequences = sequences[None]
+            return self.tokenizer.batch_decode(sequences, skip_special_tokens=skip_special_tokens, **kwargs)
+        if generation_mode != "audio":
+            raise ValueError(f"generation_mode must be 'text' or 'audio', got {generation_mode!r}")
+        audio = getattr(generated_outputs, "audio_values", None)
+        if audio is None:
+            raise ValueError(
+                "the output holds no audio: generate with generation_mode='audio' (or a token2wav decoder attached)"
+            )
+        lengths = generated_outputs.audio_lengths.tolist()
+        return [row[:length].float().cpu().numpy() for row, length in zip(audio, lengths, strict=True)]
+
     @property
     def unused_input_names(self) -> list[str]:
         return ["num_audio_tokens"]

@@ -4,16 +4,18 @@ arguments, the loss honours gradient accumulation, batched text generation is ri
 import json
 import shutil
 
+import numpy as np
 import pytest
 import torch
 import yaml
 from test_model import OpenS2SModelTester
-from transformers import AutoModel, AutoModelForMultimodalLM, AutoProcessor, GenerationConfig
+from transformers import AutoModel, AutoModelForMultimodalLM, AutoProcessor, GenerationConfig, pipeline
 
 from opens2s.modeling_opens2s.audio_lengths_opens2s import audio_embedding_lengths
 from opens2s.modeling_opens2s.modeling_opens2s import OpenS2SForConditionalGeneration, left_padded
 from opens2s.modeling_opens2s.saving_opens2s import TOKEN2WAV_SUBFOLDER
 from opens2s.modeling_opens2s.streaming_opens2s import SPEECH_GENERATION_CONFIG_NAME
+from opens2s.processing.chat import EXAMPLE_WAV
 
 
 @pytest.fixture(scope="module")
@@ -168,6 +170,81 @@ def test_batched_text_generation_equals_each_alone(tiny, tiny_model_dir, side):
             alone = tokenizer([prompt], return_tensors="pt")
             expected = tiny.generate(**alone, **settings)[0, alone["input_ids"].shape[1] :]
             assert batched[row, : len(expected)].tolist() == expected.tolist(), (side, row)
+
+
+# ---------------------------------------------------------------- 10: pipeline("any-to-any")
+SPOKEN_QUESTION = [{"role": "user", "content": [{"type": "audio", "path": str(EXAMPLE_WAV)}]}]
+
+
+@pytest.fixture(scope="module")
+def any_to_any(tiny_model_dir):
+    return pipeline("any-to-any", model=str(tiny_model_dir), trust_remote_code=True)
+
+
+@pytest.fixture(scope="module")
+def spoken_inputs(tiny_model_dir):
+    processor = AutoProcessor.from_pretrained(tiny_model_dir, trust_remote_code=True)
+    inputs = processor.apply_chat_template(
+        SPOKEN_QUESTION, add_generation_prompt=True, tokenize=True, return_tensors="pt", return_dict=True
+    )
+    return processor, inputs
+
+
+def test_pipeline_answers_a_spoken_question_in_text(any_to_any, tiny, spoken_inputs):
+    processor, inputs = spoken_inputs
+    with torch.no_grad():
+        ids = tiny.generate(**inputs, return_speech=False, max_new_tokens=8, do_sample=False)
+    expected = processor.tokenizer.decode(ids[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
+    for generate_kwargs in ({}, {"return_speech": False}):
+        answer = any_to_any(text=SPOKEN_QUESTION, max_new_tokens=8, generate_kwargs=generate_kwargs)
+        assert answer[0]["generated_text"][-1] == {"role": "assistant", "content": expected}
+    assert any_to_any(text=SPOKEN_QUESTION, max_new_tokens=8, return_full_text=False)[0]["generated_text"] == expected
+
+
+def test_pipeline_answers_a_spoken_question_in_speech(any_to_any, tiny_model_dir, spoken_inputs):
+    processor, inputs = spoken_inputs
+    settings = {"max_new_tokens": 8, "speech_max_new_tokens": 32, "seed": 0}
+    answer = any_to_any(text=SPOKEN_QUESTION, generation_mode="audio", generate_kwargs=settings)[0]["generated_audio"]
+    model = AutoModel.from_pretrained(tiny_model_dir, trust_remote_code=True).eval()
+    model.attach_token2wav()
+    with torch.no_grad():
+        output = model.generate(**inputs, processor=processor, **settings)
+    expected = output.audio_values[0, : int(output.audio_lengths[0])].numpy()
+    assert answer.ndim == 1 and answer.size > 0
+    np.testing.assert_allclose(answer, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_generation_mode_chooses_the_path(tiny, spoken_inputs):
+    processor, inputs = spoken_inputs
+    settings = {"max_new_tokens": 5, "do_sample": False}
+    with torch.no_grad():
+        as_text = tiny.generate(**inputs, generation_mode="text", **settings)
+        assert torch.equal(as_text, tiny.generate(**inputs, return_speech=False, **settings))
+        with pytest.raises(ValueError, match="generation_mode"):
+            tiny.generate(**inputs, generation_mode="image", **settings)
+    assert processor.post_process_multimodal_output(as_text) == processor.tokenizer.batch_decode(
+        as_text, skip_special_tokens=True
+    )
+    with pytest.raises(ValueError, match="no audio"):
+        processor.post_process_multimodal_output(tiny.generate(**inputs, **settings), generation_mode="audio")
+
+
+# ---------------------------------------------------------------- the audio placeholder is never an answer
+def test_text_generation_never_writes_the_audio_placeholder(tiny, tiny_model_dir):
+    """Random weights pick `<|im_audio|>` (it has a row in the tiny LM head); the generation config suppresses it,
+    so a long greedy answer neither holds it nor crashes on it."""
+    processor = AutoProcessor.from_pretrained(tiny_model_dir, trust_remote_code=True)
+    assert tiny.generation_config.suppress_tokens == [tiny.config.audio_token_id]
+    words = (
+        "I failed my exam today . Thank you how are you feeling now tell me a story about the sea sad happy".split()
+    )
+    draws = torch.randint(len(words), (32, 6), generator=torch.Generator().manual_seed(0)).tolist()
+    # Without the suppression some of these 32 random-word prompts write the placeholder and the next step raises.
+    prompts = [" ".join(words[index] for index in row) for row in draws]
+    batch = processor.tokenizer(prompts, return_tensors="pt", padding=True, padding_side="left")
+    with torch.no_grad():
+        ids = tiny.generate(**batch, return_speech=False, max_new_tokens=64, min_new_tokens=64)
+    assert not (ids[:, batch["input_ids"].shape[1] :] == tiny.config.audio_token_id).any()
 
 
 # ---------------------------------------------------------------- 9: the loss under gradient accumulation
