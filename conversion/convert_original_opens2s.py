@@ -330,7 +330,13 @@ def _write_configs_and_code(
     )
     processor.save_pretrained(dst)
     if (src / "generation_config.json").exists():
-        GenerationConfig.from_pretrained(str(src)).save_pretrained(dst)
+        text_generation_config = GenerationConfig.from_pretrained(str(src))
+        # `<|im_audio|>` is new (the original marked audio with -200): when its id falls inside the LM head (a padded
+        # vocabulary), an answer could pick it and would then hold a placeholder with no audio behind it.
+        if config.audio_token_id < config.text_config.vocab_size:
+            suppressed = list(text_generation_config.suppress_tokens or [])
+            text_generation_config.suppress_tokens = suppressed + [config.audio_token_id]
+        text_generation_config.save_pretrained(dst)
     if (src / "tts" / "generation_config.json").exists():
         speech_config = GenerationConfig.from_pretrained(str(src / "tts"))
         if units_only:
