@@ -12,8 +12,10 @@ The mixins are imported, unchanged, from a transformers `tests/` folder given in
 
 Without the variable the module is skipped. When the folder lacks `generation/test_utils.py` (the sdist does) the
 generation tests are not run (an empty `GenerationTesterMixin` stands in so `test_modeling_common` imports), and the
-same for `exporters/test_export.py`; a warning names what is missing. Generation is tested on the
-`generate(return_speech=False)` text path, as transformers tests Qwen2.5-Omni's thinker.
+same for `exporters/test_export.py`; a warning names what is missing. No sdist on the package registry ships
+`tests/generation/`, and a copy of `test_utils.py` from before 5.x does not import on 5.x (it needs
+`GreedySearchDecoderOnlyOutput`, `DisjunctiveConstraint`, `require_torch_sdpa`, removed since). Generation is
+tested on the `generate(return_speech=False)` text path, as transformers tests Qwen2.5-Omni's thinker.
 
 Tests that cannot apply to a composite of an audio encoder and two LMs are skipped below, each with its reason.
 """
