@@ -341,7 +341,9 @@ def load_original_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
         else:
             reason = "not a PyTorch weights file (it does not unpickle as tensors)"
         raise ValueError(f"{path}: {reason}") from None
-    except (RuntimeError, EOFError) as error:
+    except (FileNotFoundError, PermissionError, IsADirectoryError):
+        raise
+    except (RuntimeError, EOFError, OSError) as error:  # the zip reader's errors (OSError: a seek past the end)
         detail = str(error).split(". ")[0] or "the file ends early"
         raise ValueError(f"{path}: not a readable PyTorch checkpoint, truncated or corrupted ({detail})") from None
     if not isinstance(state_dict, dict) or not all(isinstance(v, torch.Tensor) for v in state_dict.values()):

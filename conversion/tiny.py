@@ -188,7 +188,8 @@ def build_tiny_model(output_dir: str | Path | None = None, seed: int = 0) -> Pat
     """Build the tiny OpenS2S folder in `output_dir` (default [`TINY_MODEL_DIR`]) and return its path.
 
     The folder loads with `AutoModel/AutoProcessor.from_pretrained(path, trust_remote_code=True)`; the same seed
-    gives the same weights. `checksums.sha256` lists every file (see [`~opens2s.conversion.checksums`]). The caller's torch random state is left untouched.
+    gives the same weights. `checksums.sha256` lists every file (see [`~opens2s.conversion.checksums`]). The
+    caller's torch random state is left untouched.
     """
     dst = Path(output_dir) if output_dir is not None else TINY_MODEL_DIR
     dst.mkdir(parents=True, exist_ok=True)

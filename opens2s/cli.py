@@ -1,6 +1,7 @@
 """The `opens2s` command line (also `python -m opens2s`).
 
     opens2s chat [--audio WAV] [--out reply.wav] [--model ID_OR_FOLDER] [--device cuda --dtype bfloat16] [--threads N]
+                 [--trust-remote-code] [--no-verify]
     opens2s convert SRC DST [--max-shard-size 5GB] [--unit-tokenizer-base ID] [--num-units 16384] [--token2wav DIR]
     opens2s convert-token2wav SRC DST
     opens2s eval --out DIR [--benchmarks NAME...] [--model ID_OR_FOLDER] [--mode text|speech] [--judge-base-url URL]
@@ -10,6 +11,11 @@
     opens2s tiny [DST] [--seed 0]
     opens2s train --stage STAGE --model ID_OR_FOLDER --data DATA [--lora] [-- TRAINING_ARGS...]
     opens2s units IN... --out units.jsonl [--model ID_OR_FOLDER] [--batch-size 16] [--device cpu] [--dtype float32]
+    opens2s verify FOLDER...
+
+A model folder's own code runs only with `--trust-remote-code` (chat, space, serve, train): by default the package's
+installed classes load it. Folders with a `checksums.sha256` (converted or built by these tools) are checked before
+they load (`--no-verify` skips it; `opens2s verify` checks alone).
 
 Every subcommand is one [`Command`] entry in `COMMANDS`: a function that adds its arguments to an argparse parser
 and a function that runs it on the parsed namespace and returns the exit status. A new subcommand adds one entry and
@@ -18,13 +24,14 @@ imports its heavy modules inside `run`, so `opens2s --help` stays fast.
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 
-__all__ = ["COMMANDS", "Command", "build_parser", "main", "parse_size"]
+__all__ = ["COMMANDS", "Command", "UsageError", "build_parser", "main", "parse_size"]
 
 logger = logging.getLogger(__name__)
 
@@ -36,6 +43,10 @@ class Command:
     help: str
     add_arguments: Callable[[argparse.ArgumentParser], None]
     run: Callable[[argparse.Namespace], int]
+
+
+class UsageError(ValueError):
+    """An argument that cannot work, found before any work starts (exit status 2, like argparse's own errors)."""
 
 
 def parse_size(text: str) -> int:
@@ -157,6 +168,27 @@ def _add_chat_arguments(parser: argparse.ArgumentParser) -> None:
         type=int,
         help="torch CPU threads (default: half the cores, 1 to 4; more threads make small models slower)",
     )
+    from opens2s.processing.loading import add_loading_arguments
+
+    add_loading_arguments(parser)
+
+
+def check_audio_destination(path: Path, option: str = "--out") -> None:
+    """Raise a [`UsageError`] unless an audio file can be written at `path`: its folder exists and is writable, it is
+    not a folder, and its extension names a format soundfile writes (`.wav`, `.flac`, `.ogg`, ...)."""
+    import soundfile
+
+    formats = soundfile.available_formats()
+    if path.is_dir():
+        raise UsageError(f"{option} {path} is a folder: give a file name such as {path / 'reply.wav'}")
+    if path.suffix[1:].upper() not in formats:
+        known = ", ".join(f".{name.lower()}" for name in ("WAV", "FLAC", "OGG") if name in formats)
+        raise UsageError(f"{option} {path}: unknown audio format {path.suffix!r}; use one of {known}")
+    folder = path.parent
+    if not folder.is_dir():
+        raise UsageError(f"{option} {path}: the folder {folder} does not exist")
+    if not os.access(folder, os.W_OK):
+        raise UsageError(f"{option} {path}: the folder {folder} is not writable")
 
 
 def _run_chat(args: argparse.Namespace) -> int:
@@ -169,8 +201,16 @@ def _run_chat(args: argparse.Namespace) -> int:
 
     if args.threads is not None and args.threads < 1:
         raise ValueError(f"--threads must be >= 1, got {args.threads}")
+    check_audio_destination(args.out)  # before the model loads: a bad --out must not cost a whole reply
     torch.set_num_threads(args.threads or default_num_threads())
-    speech_model = load_speech_model(args.model, device=args.device, dtype=args.dtype, token2wav=args.token2wav)
+    speech_model = load_speech_model(
+        args.model,
+        device=args.device,
+        dtype=args.dtype,
+        token2wav=args.token2wav,
+        trust_remote_code=args.trust_remote_code,
+        verify=args.verify,
+    )
     if speech_model.is_tiny:
         print("Note: running the tiny RANDOM default model: the reply is noise. Use --model for a real checkpoint.")
 
@@ -274,6 +314,9 @@ def _add_train_arguments(parser: argparse.ArgumentParser) -> None:
         help="after `--`: arguments of the training script (--output_dir, --max_steps, --bf16, --audio_root, ...; "
         "python -m opens2s.training.train --help lists them)",
     )
+    from opens2s.processing.loading import add_loading_arguments
+
+    add_loading_arguments(parser)
 
 
 def _run_train(args: argparse.Namespace) -> int:
@@ -281,8 +324,8 @@ def _run_train(args: argparse.Namespace) -> int:
 
     extra = args.training_args[1:] if args.training_args[:1] == ["--"] else args.training_args
     argv = ["--stage", args.stage, "--model_name_or_path", args.model, "--dataset_name", args.data]
-    # Like `opens2s chat`: an OpenS2S folder runs its own remote code (model, processor).
-    argv += ["--trust_remote_code", "True"] + (["--lora", "True"] if args.lora else []) + extra
+    argv += ["--trust_remote_code", str(args.trust_remote_code), "--verify_checksums", str(args.verify)]
+    argv += (["--lora", "True"] if args.lora else []) + extra
     return train_main(argv)
 
 
@@ -332,6 +375,27 @@ def _run_serve(args: argparse.Namespace) -> int:
     from opens2s.serving.command import run
 
     return run(args)
+
+
+def _add_verify_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("folders", metavar="FOLDER", nargs="+", type=Path, help="model folders to check")
+
+
+def _run_verify(args: argparse.Namespace) -> int:
+    from opens2s.conversion.checksums import CHECKSUMS_NAME, verify_checksums
+
+    unchecked = []
+    for folder in args.folders:
+        if not folder.is_dir():
+            raise FileNotFoundError(f"{folder} is not a folder")
+        checked = verify_checksums(folder)  # a ChecksumError names the files that differ
+        if checked is None:
+            unchecked.append(folder)
+        else:
+            print(f"{folder}: OK, {len(checked)} files match {CHECKSUMS_NAME}")
+    for folder in unchecked:
+        print(f"{folder}: no {CHECKSUMS_NAME}, nothing to check")
+    return 1 if unchecked else 0
 
 
 COMMANDS: dict[str, Command] = {
@@ -385,6 +449,11 @@ COMMANDS: dict[str, Command] = {
         _add_units_arguments,
         _run_units,
     ),
+    "verify": Command(
+        "check model folders against their checksums.sha256 (written by convert, convert-token2wav and tiny)",
+        _add_verify_arguments,
+        _run_verify,
+    ),
 }
 
 
@@ -403,8 +472,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Run the `opens2s` command line on `argv` (default `sys.argv[1:]`) and return the exit status.
 
-    Argument errors exit through argparse (status 2); a command that fails on its input (a missing folder, not a
-    checkpoint, an output that exists) prints one `opens2s COMMAND: error: ...` line and returns 1.
+    Argument errors exit through argparse, and arguments that cannot work (a [`UsageError`], found before any work)
+    return 2; a command that fails on its input (a missing folder, not a checkpoint, an output that exists, a folder
+    that fails its checksums) returns 1. Both print one `opens2s COMMAND: error: ...` line; `--verbose` shows the
+    traceback instead. Any other exception is a bug and shows its traceback.
     """
     args = build_parser().parse_args(argv)
     logging.basicConfig(
@@ -415,5 +486,6 @@ def main(argv: list[str] | None = None) -> int:
     except (OSError, ValueError) as error:
         if args.verbose:
             raise
-        print(f"opens2s {args.command}: error: {error}", file=sys.stderr)
-        return 1
+        message = " ".join(line.strip() for line in str(error).splitlines() if line.strip())
+        print(f"opens2s {args.command}: error: {message}", file=sys.stderr)
+        return 2 if isinstance(error, UsageError) else 1

@@ -6,7 +6,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import AutoModel, AutoProcessor
 from transformers.utils import logging
 
 from opens2s.modeling_opens2s.modeling_opens2s import TOKEN2WAV_SUBFOLDER
@@ -48,8 +47,10 @@ def load_speech_model(
     device: str | torch.device = "cpu",
     dtype: str | torch.dtype = "float32",
     token2wav: str | Path | None = None,
+    trust_remote_code: bool = False,
+    verify: bool = True,
 ) -> SpeechModel:
-    """Load an OpenS2S folder or Hub repo with `trust_remote_code=True`, its processor, and its token2wav decoder.
+    """Load an OpenS2S folder or Hub repo, its processor, and its token2wav decoder.
 
     Args:
         name_or_path: a converted folder or Hub id; `None` builds (once) and loads the tiny random default model.
@@ -57,15 +58,25 @@ def load_speech_model(
         dtype: `"float32"`, `"bfloat16"`, `"float16"` or a torch dtype, for the LLM and speech decoder; token2wav
             runs in float32 on CPU and in this dtype on accelerators (its vocoder keeps its phase maths in float32).
         token2wav: a token2wav folder or Hub id; default the `token2wav/` subfolder of `name_or_path`, when present.
+        trust_remote_code: run the folder's own code instead of this package's classes (see
+            [`~opens2s.processing.loading`]); by default no file of the folder is imported.
+        verify: check local folders against their `checksums.sha256` first (a `ChecksumError` names the file that
+            differs); folders without one are loaded unchecked.
     """
+    from opens2s.processing.loading import load_opens2s_model, load_opens2s_processor, verify_model_folder
+
     is_tiny = name_or_path is None
     if is_tiny:
         from opens2s.conversion.tiny import tiny_model_path
 
         name_or_path = tiny_model_path()
+    if verify:
+        verify_model_folder(name_or_path)
+        if token2wav is not None:
+            verify_model_folder(token2wav)
     dtype = DTYPES[dtype] if isinstance(dtype, str) else dtype
-    model = AutoModel.from_pretrained(str(name_or_path), trust_remote_code=True, dtype=dtype).to(device).eval()
-    processor = AutoProcessor.from_pretrained(str(name_or_path), trust_remote_code=True)
+    model = load_opens2s_model(name_or_path, trust_remote_code=trust_remote_code, dtype=dtype).to(device).eval()
+    processor = load_opens2s_processor(name_or_path, trust_remote_code=trust_remote_code)
     token2wav_dtype = torch.float32 if torch.device(device).type == "cpu" else dtype
     if token2wav is not None:
         model.attach_token2wav(str(token2wav), dtype=token2wav_dtype)

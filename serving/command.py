@@ -7,6 +7,8 @@ import argparse
 import os
 from pathlib import Path
 
+from opens2s.processing.loading import add_loading_arguments
+
 
 __all__ = ["add_arguments", "build_server", "run"]
 
@@ -48,6 +50,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--replica-gpus", type=float, default=None, help="with --ray: GPUs per replica (default: 1 when CUDA, else 0)"
     )
+    add_loading_arguments(parser)
 
 
 def _device_and_dtype(device: str, dtype: str) -> tuple[str, str]:
@@ -70,6 +73,8 @@ def server_options(args: argparse.Namespace) -> dict:
         "api_key": args.api_key,
         "threads": args.threads,
         "max_units": args.max_units,
+        "trust_remote_code": args.trust_remote_code,
+        "verify": args.verify,
         "limits": {
             "max_body_mb": args.max_body_mb,
             "max_audio_seconds": args.max_audio_seconds,
@@ -89,8 +94,11 @@ def build_server(
     threads: int | None = None,
     max_units: int | None = None,
     limits: dict | None = None,
+    trust_remote_code: bool = False,
+    verify: bool = True,
 ):
-    """Load the model (the tiny random one when `model` is `None`) and its voices: an [`OpenS2SServer`]."""
+    """Load the model (the tiny random one when `model` is `None`) and its voices: an [`OpenS2SServer`]. The folder
+    loads with the installed classes unless `trust_remote_code`, checked against its checksums when `verify`."""
     import torch
 
     from opens2s.processing.chat import load_speech_model
@@ -99,7 +107,9 @@ def build_server(
     if threads is not None:
         torch.set_num_threads(threads)
     device, dtype = _device_and_dtype(device, dtype)
-    speech_model = load_speech_model(model, device=device, dtype=dtype)
+    speech_model = load_speech_model(
+        model, device=device, dtype=dtype, trust_remote_code=trust_remote_code, verify=verify
+    )
     voices = load_voices(model, speech_model.model.config.speaker_embedding_dim)
     if model_id is None:
         model_id = "opens2s-tiny" if model is None else Path(str(model)).name

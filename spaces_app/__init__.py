@@ -8,10 +8,14 @@ Run it locally with `python -m opens2s.spaces_app [--model ...]`, `opens2s space
 import argparse
 import os
 
+from opens2s.processing.loading import add_loading_arguments
 from opens2s.processing.threads import default_num_threads
 
 
-__all__ = ["add_arguments", "main"]
+__all__ = ["add_arguments", "file_size", "main"]
+
+
+_SIZE_UNITS = {"b": 1, "kb": 1024, "mb": 1024**2, "gb": 1024**3}
 
 
 def _env_int(name: str) -> int | None:
@@ -19,10 +23,22 @@ def _env_int(name: str) -> int | None:
     return int(value) if value else None
 
 
+def file_size(text: str) -> int | None:
+    """Bytes of a size written `20mb`, `512kb`, `1gb` or a plain number of bytes; `none` (or `0`) for no limit."""
+    text = text.strip().lower()
+    if text in ("none", "0"):
+        return None
+    number = text.rstrip("bgkm")
+    unit = text[len(number) :] or "b"
+    if not number.replace(".", "", 1).isdigit() or unit not in _SIZE_UNITS:
+        raise argparse.ArgumentTypeError(f"not a file size: {text!r} (e.g. 20mb, 512kb, 1gb, none)")
+    return int(float(number) * _SIZE_UNITS[unit])
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the app's options to `parser`. Every default can also come from an environment variable (what a Space's
     "Variables" settings give): `OPENS2S_MODEL`, `OPENS2S_TOKEN2WAV`, `OPENS2S_SPEAKERS`, `OPENS2S_MAX_NEW_TOKENS`,
-    `OPENS2S_MAX_UNITS`, `OPENS2S_CONCURRENCY`."""
+    `OPENS2S_MAX_UNITS`, `OPENS2S_CONCURRENCY`, `OPENS2S_MAX_FILE_SIZE`, `OPENS2S_MAX_AUDIO_SECONDS`."""
     parser.add_argument(
         "--model",
         default=os.environ.get("OPENS2S_MODEL"),
@@ -56,8 +72,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--concurrency-limit",
         type=int,
-        default=_env_int("OPENS2S_CONCURRENCY") or 2,
-        help="answers generated at the same time; later requests wait in the queue (default 2)",
+        default=_env_int("OPENS2S_CONCURRENCY") or 4,
+        help="answers decoded together by the app's one engine; later requests wait in the queue (default 4)",
+    )
+    parser.add_argument(
+        "--max-file-size",
+        type=file_size,
+        default=file_size(os.environ.get("OPENS2S_MAX_FILE_SIZE") or "20mb"),
+        help="largest question upload, e.g. 20mb, 512kb or none; larger uploads are refused (default 20mb)",
+    )
+    parser.add_argument(
+        "--max-audio-seconds",
+        type=float,
+        default=float(os.environ.get("OPENS2S_MAX_AUDIO_SECONDS") or 120),
+        help="longest spoken question in seconds, checked from the file header (default 120)",
     )
     parser.add_argument("--max-queue-size", type=int, default=32, help="requests that may wait (default 32)")
     parser.add_argument(
@@ -69,6 +97,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--host", help="address to listen on (default: gradio's, 127.0.0.1 or $GRADIO_SERVER_NAME)")
     parser.add_argument("--port", type=int, help="port (default: gradio's, 7860 or $GRADIO_SERVER_PORT)")
     parser.add_argument("--share", action="store_true", help="also open a public gradio.live link")
+    add_loading_arguments(parser)
 
 
 def main(argv: list[str] | None = None) -> int:
