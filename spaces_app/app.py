@@ -360,7 +360,14 @@ def run(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     device, dtype = _device_and_dtype(args.device, args.dtype)
     logger.info("loading %s on %s (%s)", args.model or "the tiny random model", device, dtype)
-    speech_model = load_speech_model(args.model, device=device, dtype=dtype, token2wav=args.token2wav)
+    speech_model = load_speech_model(
+        args.model,
+        device=device,
+        dtype=dtype,
+        token2wav=args.token2wav,
+        trust_remote_code=args.trust_remote_code,
+        verify=args.verify,
+    )
     space = OpenS2SSpace(
         speech_model,
         speakers=find_speakers(args.model, args.speakers),
