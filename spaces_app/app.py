@@ -1,9 +1,11 @@
 """The OpenS2S Gradio app: ask by microphone or file, read the answer as it is written, hear it as it is spoken.
 
 Runs as a Hugging Face Space (this file is the Space's `app_file`) and locally (`python -m opens2s.spaces_app`,
-`opens2s space`). The model is loaded once at start-up (bf16 on CUDA); every answer is one `model.stream` event
-iterator from `opens2s.processing.chat.stream_reply`, the same one the `opens2s chat` CLI consumes, so there is no
-second generation code path here. The handler turns its events into UI updates:
+`opens2s space`). The model is loaded once at start-up (bf16 on CUDA) with one continuous-batching engine
+(`model.engine`, its loop in a background thread) for every visitor: each answer is one conversation submitted to it,
+so answers of several visitors are decoded together in one loop (no second generation code path here). A visitor
+pressing Stop, starting a new conversation or leaving cancels their conversation at once; a full engine answers
+"busy, try again". The handler turns the conversation's events (those of `model.stream`) into UI updates:
 
 - `TextDelta` -> the assistant message grows in the chat;
 - `SpeechUnits` -> a unit counter in the status line (every `UNIT_UPDATE_EVERY` units);
@@ -12,6 +14,11 @@ second generation code path here. The handler turns its events into UI updates:
   encoder (ffmpeg), so chunk seams do not click. int16 keeps the levels (Gradio peak-normalises float arrays per
   chunk, which would make the loudness jump at every seam);
 - `Done` -> the latency figures (first text / units / audio, audio seconds, real-time factor) under the answer.
+
+Limits: an upload larger than `max_file_size` (default 20 MB) is refused by Gradio, a question longer than
+`max_audio_seconds` (default 120 s) by the audio entry (from the file header, before decoding); a session keeps its
+conversation as text plus the paths of its questions (no waveforms), and its uploads are deleted when it ends (tab
+closed, or *New conversation*). Error messages name files by their base name only, never a server path.
 
 Voices: "default (zeros)" is the original's all-zero speaker embedding; every `*.safetensors` in the model folder's
 `speakers/` (or `--speakers DIR`) holding a `speaker_embedding` tensor of `config.speaker_embedding_dim` values (and
@@ -27,6 +34,9 @@ import argparse
 import copy
 import io
 import logging
+import os
+import re
+import threading
 import wave
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -37,11 +47,12 @@ import numpy as np
 import torch
 
 from opens2s.processing.audio_io import load_audio
-from opens2s.processing.chat import SpeechModel, load_speech_model, stream_reply
+from opens2s.processing.chat import SpeechModel, conversation_inputs, load_speech_model, seeded_stream_kwargs
 from opens2s.processing.voices import find_speakers, load_voice
 
 
 __all__ = [
+    "BUSY_MESSAGE",
     "DEFAULT_VOICE",
     "OpenS2SSpace",
     "Turn",
@@ -51,6 +62,7 @@ __all__ = [
     "format_latency",
     "gpu",
     "run",
+    "serve",
     "wav_bytes",
 ]
 
@@ -61,6 +73,16 @@ DEFAULT_VOICE = "default (zeros)"
 UNIT_UPDATE_EVERY = 8
 # Seconds a ZeroGPU call may hold the GPU (one answer of the 8B model with a 512-token budget fits comfortably).
 GPU_SECONDS = 120
+DEFAULT_MAX_FILE_SIZE = 20 * 1024 * 1024  # bytes: a 16-bit 16 kHz mono wav of 10 minutes is 19.2 MB
+DEFAULT_MAX_AUDIO_SECONDS = 120.0
+BUSY_MESSAGE = "The Space is busy answering other visitors. Please try again in a moment."
+# An absolute path in a message (`/tmp/gradio/ab12.../question.wav`): shown as its last part (`question.wav`).
+_ABSOLUTE_PATH = re.compile(r"(?<![\w.])(?:/[^/\s'\"]+)+/([^/\s'\"]+)")
+
+
+def _public(message: str) -> str:
+    """`message` with every absolute path replaced by its file name: what visitors see names no server folder."""
+    return _ABSOLUTE_PATH.sub(r"\1", message)
 
 
 def gpu(function: Callable) -> Callable:
@@ -107,15 +129,16 @@ def format_latency(stats) -> str:
 class Turn:
     """One question and answer of a conversation (what the app keeps in its per-session `gr.State`).
 
+    The question is kept as its file, not its samples: a session's state stays a few hundred bytes per turn whatever
+    the questions' length (the file is read again when the turn is fed back, and deleted when the session ends).
+
     Args:
-        question (`np.ndarray` of shape `(num_samples,)`): the spoken question, mono float32 at 16 kHz; fed back to
-            the model with every later question.
-        question_path (`str`): the recorded or uploaded file, shown in the chat.
+        question_path (`str`): the recorded or uploaded file, shown in the chat and fed back to the model with every
+            later question.
         reply (`str`): the answer's text so far (a stopped answer keeps what was written).
         latency (`str`): the answer's latency figures, once it is complete.
     """
 
-    question: np.ndarray
     question_path: str
     reply: str = ""
     latency: str = ""
@@ -135,7 +158,8 @@ def chat_messages(turns: list[Turn]) -> list[dict]:
 
 
 class OpenS2SSpace:
-    """The app's state shared by all sessions (the model, loaded once; its voices; the budgets) and its handler.
+    """The app's state shared by all sessions (the model, loaded once, and its one engine; its voices; the budgets
+    and limits; the uploads of each live session) and its handlers.
 
     Args:
         speech_model ([`SpeechModel`]): from `opens2s.processing.chat.load_speech_model`.
@@ -145,6 +169,15 @@ class OpenS2SSpace:
         max_history_turns (`int`, *optional*, defaults to 4): earlier turns fed back with a question (each costs
             its audio's 6.25 tokens per second plus the answer's text in the prompt).
         seed (`int`, *optional*): seed of every answer's sampling and voice noise (tests); default random.
+        max_active (`int`, *optional*, defaults to 4): answers the engine decodes together (all visitors).
+        max_queued (`int`, *optional*, defaults to 4): answers that may wait inside the engine for a free row; a
+            request beyond gets [`BUSY_MESSAGE`] (Gradio's own queue, in front, normally keeps it from filling).
+        max_file_size (`int`, *optional*, defaults to 20 MB): largest question file in bytes (Gradio refuses larger
+            uploads with it, see [`serve`]; the handler checks files given otherwise); `None` for no limit.
+        max_audio_seconds (`float`, *optional*, defaults to 120): longest question in seconds, checked from the
+            file header before anything is decoded; at most the feature extractor's own limit.
+        upload_dir (`str` or `Path`, *optional*): where Gradio keeps uploads and recordings (default Gradio's:
+            `$GRADIO_TEMP_DIR`, else the system temp folder's `gradio/`); only files inside it are ever deleted.
     """
 
     def __init__(
@@ -155,15 +188,36 @@ class OpenS2SSpace:
         max_units: int | None = None,
         max_history_turns: int = 4,
         seed: int | None = None,
+        max_active: int = 4,
+        max_queued: int = 4,
+        max_file_size: int | None = DEFAULT_MAX_FILE_SIZE,
+        max_audio_seconds: float = DEFAULT_MAX_AUDIO_SECONDS,
+        upload_dir: str | Path | None = None,
     ):
         self.speech_model = speech_model
         self.max_new_tokens, self.max_units = max_new_tokens, max_units
         self.max_history_turns, self.seed = max_history_turns, seed
+        self.max_file_size = max_file_size
+        extractor = speech_model.processor.feature_extractor
+        self.max_audio_seconds = min(float(max_audio_seconds), float(extractor.max_audio_seconds))
+        self.upload_dir = Path(upload_dir or gr.utils.get_upload_folder()).resolve()
         dim = speech_model.model.config.speaker_embedding_dim
         self.voices: dict[str, dict[str, torch.Tensor]] = {DEFAULT_VOICE: {}}
         for name, path in (speakers or {}).items():
             if (voice := load_voice(path, dim)) is not None:
                 self.voices[name] = voice
+        self.engine = speech_model.model.engine(
+            processor=speech_model.processor, max_active=max_active, max_queued=max_queued
+        )
+        # ZeroGPU lends the GPU to each call in a worker process: there the call's own iteration drives the engine.
+        if spaces is None:
+            self.engine.start()
+        self._uploads: dict[str, set[Path]] = {}  # session hash -> files of that session in `upload_dir`
+        self._uploads_lock = threading.Lock()
+
+    def close(self) -> None:
+        """Stop the engine's background loop."""
+        self.engine.stop()
 
     def default_sampling(self) -> tuple[float, float]:
         """`(temperature, top_p)` of the model's generation config (temperature 0 when it decodes greedily)."""
@@ -185,24 +239,33 @@ class OpenS2SSpace:
             "speech_max_new_tokens": self.max_units,
         }
 
-    def read_question(self, audio: str | None) -> np.ndarray:
-        """The question as mono float32 at 16 kHz, or a `gr.Error` the UI shows (no stack trace) saying what is
-        wrong with it."""
+    def read_question(self, audio: str | None) -> str:
+        """Check the question file (size, then rate and length from its header, then its samples) and return its
+        path, or raise a `gr.Error` the UI shows (no stack trace, no server path) saying what is wrong with it."""
         if audio is None:
             raise gr.Error("Record or upload a spoken question first.", print_exception=False)
         try:
-            extractor = self.speech_model.processor.feature_extractor
-            waveform = load_audio(
-                audio, target_sampling_rate=extractor.sampling_rate, max_seconds=extractor.max_audio_seconds
-            )
+            size = os.path.getsize(audio)
+            if self.max_file_size is not None and size > self.max_file_size:
+                raise ValueError(
+                    f"the file is {size / 2**20:.1f} MB; the limit is {self.max_file_size / 2**20:.1f} MB"
+                )
+            load_audio(audio, max_seconds=self.max_audio_seconds)
         except (OSError, ValueError) as error:
-            raise gr.Error(f"Could not read this audio: {error}", print_exception=False) from None
-        return waveform
+            raise gr.Error(_public(f"Could not read this audio: {error}"), print_exception=False) from None
+        return str(audio)
 
     def respond(
-        self, audio: str | None, turns: list[Turn], voice: str, temperature: float, top_p: float
+        self,
+        audio: str | None,
+        turns: list[Turn],
+        voice: str,
+        temperature: float,
+        top_p: float,
+        request: gr.Request | None = None,
     ) -> Iterator[tuple[list[dict], bytes | None, str, list[Turn]]]:
-        """Answer one spoken question of a conversation, streaming.
+        """Answer one spoken question of a conversation, streaming: one conversation of the shared engine,
+        cancelled when this generator is closed (Stop, New conversation, the visitor leaving).
 
         Args:
             audio (`str`): path of the recorded or uploaded question (`None` when there is none).
@@ -210,34 +273,41 @@ class OpenS2SSpace:
             voice (`str`): a key of `self.voices`.
             temperature (`float`): text sampling temperature; 0 decodes greedily.
             top_p (`float`): text nucleus sampling mass.
+            request (`gr.Request`, *optional*): given by Gradio; its session owns the question file.
 
         Yields:
             `(chat_messages, audio_chunk, status, turns)`: the chat with the answer so far; the next 16-bit wav
             chunk of the spoken answer or `None`; a status line (progress, then the latency figures); and the
             conversation including this turn (a stopped answer stays in it with the text written so far).
         """
-        turn = Turn(self.read_question(audio), str(audio))
+        self.track_upload(audio, request)
+        turn = Turn(self.read_question(audio))
         kept = turns[-self.max_history_turns :] if self.max_history_turns > 0 else []
-        history = [(earlier.question, earlier.reply) for earlier in kept]
         turns = [*turns, turn]
-        options = self.stream_options(temperature, top_p)
-        events = None
+        conversation = None
         try:
-            events = stream_reply(
-                self.speech_model,
-                turn.question,
-                seed=self.seed,
-                history=history,
-                **options,
-                **self.voices.get(voice, {}),
-            )
+            history = [(earlier.question_path, earlier.reply) for earlier in kept]
+            inputs = conversation_inputs(self.speech_model.processor, turn.question_path, history)
+            options = {**self.stream_options(temperature, top_p), **self.voices.get(voice, {})}
+            conversation = self._submit(inputs, seeded_stream_kwargs(self.speech_model.model, self.seed, options))
             yield chat_messages(turns), None, "Listening…", turns
-            yield from self._updates(events, turn, turns)
-        except ValueError as error:  # a question the processor refuses (too short, too long, ...)
-            raise gr.Error(f"Could not answer this audio: {error}", print_exception=False) from None
+            yield from self._updates(conversation, turn, turns)
+        except gr.Error:  # already worded for the visitor (a `ValueError` too)
+            raise
+        except (OSError, ValueError) as error:  # a question the processor refuses, an earlier question gone, ...
+            raise gr.Error(_public(f"Could not answer this audio: {error}"), print_exception=False) from None
         finally:
-            if events is not None:
-                events.close()  # a Stop (Gradio closes this generator) ends the model's stream here too
+            if conversation is not None:
+                conversation.cancel()  # Stop (Gradio closes this generator) ends the conversation here; else a no-op
+
+    def _submit(self, inputs: dict, stream_kwargs: dict):
+        """One conversation of the engine, or [`BUSY_MESSAGE`] when it is full."""
+        try:
+            return self.engine.submit(inputs, **stream_kwargs)
+        except RuntimeError as error:  # a remote-code model has its own EngineFull class: matched by name
+            if type(error).__name__ != "EngineFull":
+                raise
+            raise gr.Error(BUSY_MESSAGE, print_exception=False) from None
 
     def _updates(self, events, turn: Turn, turns: list[Turn]) -> Iterator[tuple]:
         """UI updates from the stream's events (see the module docstring)."""
@@ -262,6 +332,48 @@ class OpenS2SSpace:
             status = f"Answering… {num_units} speech units, {audio_seconds:.1f} s of audio"
             yield chat_messages(turns), chunk, status, turns
 
+    # ---- uploads of each session
+    def track_upload(self, audio: str | None, request: gr.Request | None = None) -> None:
+        """Remember a file the session's question component received (upload or recording), so that it is deleted
+        when the session ends; files outside `upload_dir` (the bundled example, a caller's own files) are never
+        tracked."""
+        session = getattr(request, "session_hash", None)
+        if audio is None or session is None:
+            return
+        path = Path(audio).resolve()
+        if path.is_relative_to(self.upload_dir):
+            with self._uploads_lock:
+                self._uploads.setdefault(session, set()).add(path)
+
+    def end_session(self, request: gr.Request) -> None:
+        """Delete every file the session received (Gradio calls this when the visitor closes or reloads the tab)."""
+        with self._uploads_lock:
+            files = self._uploads.pop(getattr(request, "session_hash", None), set())
+        self._delete(files)
+
+    def new_conversation(self, turns: list[Turn], request: gr.Request | None = None) -> tuple:
+        """*New conversation*: the chat, player, status and state emptied; the earlier questions' files deleted."""
+        session = getattr(request, "session_hash", None)
+        paths = {Path(turn.question_path).resolve() for turn in turns}
+        with self._uploads_lock:
+            mine = self._uploads.get(session, set())
+            gone = paths & mine
+            mine -= gone
+        self._delete(gone)
+        return [], None, "", []
+
+    def _delete(self, files: set[Path]) -> None:
+        """Delete `files` (and the folder Gradio made for each upload, once empty; never `upload_dir` itself)."""
+        for path in files:
+            path.unlink(missing_ok=True)
+            if path.parent != self.upload_dir:
+                try:
+                    path.parent.rmdir()
+                except OSError:
+                    pass  # not empty (another file of the folder is still in use), or gone already
+        if files:
+            logger.info("deleted %d uploaded file(s)", len(files))
+
 
 def _header(space: OpenS2SSpace) -> str:
     text = (
@@ -277,15 +389,20 @@ def _header(space: OpenS2SSpace) -> str:
     return text
 
 
-def build_demo(space: OpenS2SSpace, concurrency_limit: int = 2, max_queue_size: int | None = 32) -> gr.Blocks:
-    """The app's `gr.Blocks`, with its queue configured.
+def build_demo(
+    space: OpenS2SSpace, concurrency_limit: int | None = None, max_queue_size: int | None = 32
+) -> gr.Blocks:
+    """The app's `gr.Blocks`, with its queue configured and its session clean-up wired (a visitor leaving cancels
+    their answer and deletes their uploads).
 
     Args:
-        space ([`OpenS2SSpace`]): the loaded model and the handler.
-        concurrency_limit (`int`, *optional*, defaults to 2): answers generated at the same time (all sessions
-            together); further requests wait in the queue.
+        space ([`OpenS2SSpace`]): the loaded model, its engine and the handlers.
+        concurrency_limit (`int`, *optional*): answers generated at the same time (all sessions together, decoded
+            together by the engine); further requests wait in Gradio's queue. Default the engine's `max_active`.
         max_queue_size (`int`, *optional*, defaults to 32): requests that may wait; more are refused.
     """
+    if concurrency_limit is None:
+        concurrency_limit = space.engine.max_active
     from opens2s.processing.chat import EXAMPLE_WAV
 
     temperature_default, top_p_default = space.default_sampling()
@@ -327,17 +444,19 @@ def build_demo(space: OpenS2SSpace, concurrency_limit: int = 2, max_queue_size: 
         spoken = question.stop_recording(respond, inputs, outputs, api_visibility="private", **limits)
         for answer in (asked, spoken):
             answer.success(lambda: None, None, question, queue=False, api_visibility="private")
+        question.change(space.track_upload, question, None, queue=False, api_visibility="private")
         stop_button.click(
             lambda: "Stopped.", None, status, cancels=[asked, spoken], queue=False, api_visibility="private"
         )
         clear_button.click(
-            lambda: ([], None, "", []),
-            None,
+            space.new_conversation,
+            state,
             [chatbot, reply_audio, status, state],
             cancels=[asked, spoken],
             queue=False,
             api_visibility="private",
         )
+        demo.unload(space.end_session)  # the tab closed or reloaded: its answer is cancelled, its uploads deleted
     demo.queue(default_concurrency_limit=concurrency_limit, max_size=max_queue_size)
     return demo
 
@@ -350,11 +469,17 @@ def _device_and_dtype(device: str, dtype: str) -> tuple[str, str]:
     return device, dtype
 
 
+def serve(demo: gr.Blocks, space: OpenS2SSpace, **launch_kwargs):
+    """`demo.launch(...)` with the app's upload limit (`space.max_file_size`: Gradio refuses a larger upload with
+    HTTP 413 before storing it) and the bundled example question served; `launch_kwargs` go to `launch`."""
+    from opens2s.processing.chat import EXAMPLE_WAV
+
+    return demo.launch(max_file_size=space.max_file_size, allowed_paths=[str(EXAMPLE_WAV.parent)], **launch_kwargs)
+
+
 def run(args: argparse.Namespace) -> int:
     """Load the model once, build the app and serve it until interrupted (the options of
     `opens2s.spaces_app.add_arguments`)."""
-    from opens2s.processing.chat import EXAMPLE_WAV
-
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     if args.threads is not None:
         torch.set_num_threads(args.threads)
@@ -375,11 +500,16 @@ def run(args: argparse.Namespace) -> int:
         max_units=args.max_units,
         max_history_turns=args.max_history_turns,
         seed=args.seed,
+        max_active=args.concurrency_limit,
+        max_queued=args.concurrency_limit,
+        max_file_size=args.max_file_size,
+        max_audio_seconds=args.max_audio_seconds,
     )
     demo = build_demo(space, concurrency_limit=args.concurrency_limit, max_queue_size=args.max_queue_size)
-    demo.launch(
-        server_name=args.host, server_port=args.port, share=args.share, allowed_paths=[str(EXAMPLE_WAV.parent)]
-    )
+    try:
+        serve(demo, space, server_name=args.host, server_port=args.port, share=args.share)
+    finally:
+        space.close()
     return 0
 
 

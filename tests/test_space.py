@@ -1,5 +1,6 @@
 """The Gradio app's handler (`opens2s.spaces_app.app`): streaming updates, multi-turn history, voices, sampling,
-readable errors for bad audio, Stop, concurrent answers, and the app's wiring (queue, ZeroGPU, command line).
+readable errors for bad audio, Stop, concurrent answers on the one engine, memory and uploads per session, upload
+limits, and the app's wiring (queue, ZeroGPU, command line).
 
 Every answer uses the tiny model with 8 text tokens and 20 speech units (two token2wav chunks: 10 units, then the
 rest), on one thread; the whole module takes about 20 s on 2 cores.
@@ -7,6 +8,8 @@ rest), on one thread; the whole module takes about 20 s on 2 cores.
 
 import inspect
 import io
+import os
+import socket
 import threading
 import types
 import wave
@@ -39,8 +42,16 @@ def speech_model(tiny_model_dir):
 
 
 @pytest.fixture(scope="module")
-def space(speech_model):
-    return OpenS2SSpace(speech_model, max_new_tokens=MAX_NEW_TOKENS, max_units=MAX_UNITS, seed=SEED)
+def space(speech_model, tmp_path_factory):
+    space = OpenS2SSpace(
+        speech_model,
+        max_new_tokens=MAX_NEW_TOKENS,
+        max_units=MAX_UNITS,
+        seed=SEED,
+        upload_dir=tmp_path_factory.mktemp("uploads"),
+    )
+    yield space
+    space.close()
 
 
 @pytest.fixture(scope="module")
@@ -56,14 +67,36 @@ def _read_wav(data: bytes) -> tuple[int, np.ndarray]:
 
 
 class _Recorder:
-    """Stands in for `stream_reply`: records its arguments and streams nothing (or the real stream)."""
+    """Stands in for `OpenS2SSpace._submit`: records the stream arguments of each answer and streams nothing."""
 
-    def __init__(self, real: bool = False):
-        self.calls, self.real = [], real
+    def __init__(self):
+        self.calls = []
 
-    def __call__(self, speech_model, audio, **kwargs):
-        self.calls.append(kwargs)
-        return stream_reply(speech_model, audio, **kwargs) if self.real else (event for event in ())
+    def __call__(self, inputs, stream_kwargs):
+        self.calls.append(stream_kwargs)
+        return _NoEvents()
+
+
+class _NoEvents(list):
+    """A conversation that streams nothing."""
+
+    def cancel(self) -> None:
+        pass
+
+
+class _Session:
+    """What Gradio passes as `gr.Request`: only its session hash is used."""
+
+    def __init__(self, session_hash: str):
+        self.session_hash = session_hash
+
+
+def _question(folder: Path, name: str, seconds: float = 1.0) -> str:
+    """A spoken-question file (noise, 16 kHz, 16-bit) in `folder`, as an upload of Gradio would be."""
+    folder.mkdir(parents=True, exist_ok=True)
+    samples = np.random.default_rng(len(name)).uniform(-0.3, 0.3, int(16000 * seconds)).astype(np.float32)
+    soundfile.write(folder / name, samples, 16000, subtype="PCM_16")
+    return str(folder / name)
 
 
 def test_an_answer_streams_growing_text_audio_chunks_and_latency(first_answer):
@@ -102,15 +135,18 @@ def test_the_app_consumes_the_same_event_iterator_as_the_cli(space, speech_model
 
 
 def test_a_second_question_feeds_the_conversation_back(space, first_answer, monkeypatch):
-    recorder = _Recorder(real=True)
-    monkeypatch.setattr(space_app, "stream_reply", recorder)
+    histories = []
+
+    def recording_inputs(processor, audio, history):
+        histories.append(history)
+        return conversation_inputs(processor, audio, history)
+
+    monkeypatch.setattr(space_app, "conversation_inputs", recording_inputs)
     turns = first_answer[-1][3]
     updates = list(space.respond(str(EXAMPLE_WAV), turns, DEFAULT_VOICE, 0.0, 1.0))
 
-    (history,) = [call["history"] for call in recorder.calls]
-    assert len(history) == 1
-    np.testing.assert_array_equal(history[0][0], turns[0].question)
-    assert history[0][1] == turns[0].reply
+    (history,) = histories
+    assert history == [(turns[0].question_path, turns[0].reply)], "earlier questions are fed back from their files"
     messages, _, status, new_turns = updates[-1]
     assert [message["role"] for message in messages] == ["user", "assistant", "user", "assistant"]
     assert len(new_turns) == 2 and new_turns[0] is turns[0] and len(turns) == 1, "the session state is not mutated"
@@ -126,9 +162,9 @@ def test_conversation_inputs_hold_every_question_and_earlier_reply(speech_model)
     assert inputs["input_features"].shape[0] == 2
     torch.testing.assert_close(inputs["input_features"][1], question)
     prompt = processor.tokenizer.decode(inputs["input_ids"][0])
-    # Earlier answers carry the think block, as every assistant turn of a training row does.
-    assert prompt.count("<|im_start|>user") == 2
-    assert "<|im_start|>assistant\n<think>\n\n</think>\n\nI hear you.<|im_end|>" in prompt
+    # Qwen3's rule (enable_thinking=False): only the assistant turn after the last user turn has the think block.
+    assert prompt.count("<|im_start|>user") == 2 and prompt.count("<think>") == 1
+    assert "<|im_start|>assistant\nI hear you.<|im_end|>" in prompt
     assert prompt.endswith("<|im_start|>assistant\n<think>\n\n</think>\n\n<|im_tts_start|>")
     # The file's samples given as an array with their rate give the file's features.
     resampled = conversation_inputs(processor, load_audio(EXAMPLE_WAV), sampling_rate=16000)
@@ -150,13 +186,14 @@ def test_conversation_inputs_batch_left_pads(speech_model):
 
 @pytest.mark.parametrize("max_history_turns, expected", [(0, 0), (2, 2), (4, 3)])
 def test_history_keeps_the_latest_turns(speech_model, monkeypatch, max_history_turns, expected):
-    recorder = _Recorder()
-    monkeypatch.setattr(space_app, "stream_reply", recorder)
+    histories = []
+    monkeypatch.setattr(space_app, "conversation_inputs", lambda processor, audio, history: histories.append(history))
     space = OpenS2SSpace(speech_model, max_history_turns=max_history_turns)
-    turns = [space_app.Turn(np.full(1600, i, dtype=np.float32), f"q{i}.wav", f"reply {i}") for i in range(3)]
+    monkeypatch.setattr(space, "_submit", _Recorder())
+    turns = [space_app.Turn(f"q{i}.wav", f"reply {i}") for i in range(3)]
     list(space.respond(str(EXAMPLE_WAV), turns, DEFAULT_VOICE, 0.0, 1.0))
-    history = recorder.calls[0]["history"]
-    assert [reply for _, reply in history] == [f"reply {i}" for i in range(3 - expected, 3)]
+    space.close()
+    assert histories[0] == [(f"q{i}.wav", f"reply {i}") for i in range(3 - expected, 3)]
 
 
 def _bad_audio(tmp_path, kind: str) -> str | None:
@@ -189,25 +226,19 @@ def test_bad_audio_gives_a_message_in_the_ui(space, tmp_path, kind, message):
     with pytest.raises(gr.Error, match=message) as error:
         list(updates)
     assert "Traceback" not in error.value.message and error.value.print_exception is False
+    assert str(tmp_path) not in error.value.message and "/" not in error.value.message, "no server path is shown"
     assert error.value.__cause__ is None, "the UI shows the message, not a chained stack"
 
 
-def test_stop_closes_the_models_stream_and_keeps_the_partial_answer(space, monkeypatch):
-    closed = threading.Event()
-
-    def stream_until_closed(speech_model, audio, **kwargs):
-        try:
-            yield from stream_reply(speech_model, audio, **kwargs)
-        finally:
-            closed.set()
-
-    monkeypatch.setattr(space_app, "stream_reply", stream_until_closed)
+def test_stop_cancels_the_conversation_and_keeps_the_partial_answer(space):
     updates = space.respond(str(EXAMPLE_WAV), [], DEFAULT_VOICE, 0.0, 1.0)
     next(updates)
     _, _, _, turns = next(updates)
-    assert turns[0].reply and not closed.is_set()
-    updates.close()  # what Gradio does to a generator when Stop cancels its event
-    assert closed.is_set()
+    stats = space.engine.stats()
+    assert turns[0].reply and stats["active"] + stats["queued"] == 1 and stats["running"]
+    updates.close()  # what Gradio does to a generator when Stop cancels its event (or the visitor leaves)
+    stats = space.engine.stats()
+    assert stats["active"] == stats["queued"] == 0, "the engine's row is freed at once"
     assert turns[0].reply and not turns[0].latency
 
 
@@ -227,9 +258,109 @@ def test_two_concurrent_requests_both_complete(space):
     for updates in results:
         assert "first audio" in updates[-1][2]
         assert any(update[1] for update in updates)
-    # Same seed, same question: sharing the model across threads must not mix the two streams.
+    # Same seed, same question: decoded together by the one engine, the two answers must not mix.
     assert results[0][-1][3][0].reply == results[1][-1][3][0].reply
     assert [u[1] for u in results[0] if u[1]] == [u[1] for u in results[1] if u[1]]
+    alone = list(space.respond(str(EXAMPLE_WAV), [], DEFAULT_VOICE, 0.0, 1.0))
+    assert alone[-1][3][0].reply == results[0][-1][3][0].reply, "together equals alone"
+
+
+def test_a_full_engine_says_busy(speech_model):
+    space = OpenS2SSpace(speech_model, max_new_tokens=MAX_NEW_TOKENS, max_units=MAX_UNITS, max_active=1, max_queued=0)
+    try:
+        first = space.respond(str(EXAMPLE_WAV), [], DEFAULT_VOICE, 0.0, 1.0)
+        next(first)  # its conversation holds the engine's only row
+        with pytest.raises(gr.Error, match="busy") as error:
+            list(space.respond(str(EXAMPLE_WAV), [], DEFAULT_VOICE, 0.0, 1.0))
+        assert error.value.message == space_app.BUSY_MESSAGE and error.value.print_exception is False
+        first.close()
+        assert list(space.respond(str(EXAMPLE_WAV), [], DEFAULT_VOICE, 0.0, 1.0))[-1][2].startswith("first text")
+    finally:
+        space.close()
+
+
+def _rss_bytes() -> int:
+    """Resident memory of this process (Linux `/proc/self/statm`: pages)."""
+    return int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+# Ten live sessions, each with one 60 s question answered: their states together may add at most this much resident
+# memory. A waveform kept in the state would be 60 s * 16 kHz * 4 B = 3.84 MB a session, 38 MB for ten.
+SESSION_MEMORY_MARGIN = 16 * 2**20
+
+
+@pytest.mark.skipif(not Path("/proc/self/statm").exists(), reason="reads resident memory from /proc (Linux)")
+def test_ten_sessions_keep_no_audio_in_memory_and_their_uploads_are_deleted(space):
+    questions = [_question(space.upload_dir / f"session{i}", "question.wav", seconds=60) for i in range(11)]
+    list(space.respond(questions[0], [], DEFAULT_VOICE, 0.0, 1.0))  # warm-up: first use of 60 s prompts
+    states, before = [], _rss_bytes()
+    for index, question in enumerate(questions[1:], start=1):
+        session = _Session(f"session{index}")
+        space.track_upload(question, session)  # the question component's change event
+        states.append(list(space.respond(question, [], DEFAULT_VOICE, 0.0, 1.0, session))[-1][3])
+    growth = _rss_bytes() - before
+    assert all(state[0].latency for state in states), "every session's answer completed"
+    assert growth < SESSION_MEMORY_MARGIN, f"10 live sessions grew resident memory by {growth / 2**20:.1f} MB"
+    assert space.engine.stats()["active"] == 0
+
+    for index, question in enumerate(questions[1:], start=1):
+        assert Path(question).exists(), "a live session's question stays (the chat shows it, history reads it)"
+        space.end_session(_Session(f"session{index}"))  # Gradio's unload event: the tab was closed
+        assert not Path(question).exists() and not Path(question).parent.exists()
+    assert Path(questions[0]).exists(), "a file no session received is left alone"
+
+
+def test_new_conversation_deletes_the_earlier_questions_only_inside_the_upload_folder(space, tmp_path):
+    session = _Session("clearing")
+    upload = _question(space.upload_dir / "clearing", "question.wav")
+    outside = _question(tmp_path, "mine.wav")
+    turns = []
+    for question in (upload, outside, str(EXAMPLE_WAV)):
+        space.track_upload(question, session)
+        turns = list(space.respond(question, turns, DEFAULT_VOICE, 0.0, 1.0, session))[-1][3]
+    assert space.new_conversation(turns, session) == ([], None, "", [])
+    assert not Path(upload).exists()
+    assert Path(outside).exists() and EXAMPLE_WAV.exists(), "files the app did not receive are never deleted"
+
+
+def test_an_oversize_or_overlong_question_is_refused_without_a_server_path(speech_model, tmp_path):
+    space = OpenS2SSpace(speech_model, max_file_size=64 * 1024, max_audio_seconds=2.0, upload_dir=tmp_path)
+    try:
+        big = _question(tmp_path / "a", "big.wav", seconds=2.5)  # 80 KB, 2.5 s
+        with pytest.raises(gr.Error, match=r"the file is 0\.1 MB; the limit is 0\.1 MB") as error:
+            list(space.respond(big, [], DEFAULT_VOICE, 0.0, 1.0))
+        long = _question(tmp_path / "b", "long.wav", seconds=3.0)
+        space.max_file_size = None
+        with pytest.raises(gr.Error, match=r"long\.wav is too long: 3\.0 s; the limit is 2 s") as error:
+            list(space.respond(long, [], DEFAULT_VOICE, 0.0, 1.0))
+        assert str(tmp_path) not in error.value.message
+    finally:
+        space.close()
+    assert OpenS2SSpace.__init__.__defaults__ is not None and space_app.DEFAULT_MAX_FILE_SIZE == 20 * 2**20
+
+
+def test_the_served_app_refuses_an_oversize_upload(speech_model, tmp_path):
+    import httpx
+
+    space = OpenS2SSpace(speech_model, max_file_size=64 * 1024)
+    demo = build_demo(space)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    try:
+        space_app.serve(demo, space, server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
+        url = f"http://127.0.0.1:{port}/gradio_api/upload"
+        small, big = _question(tmp_path, "small.wav", 1.0), _question(tmp_path, "big.wav", 2.5)
+        with open(big, "rb") as file:
+            refused = httpx.post(url, files={"files": ("big.wav", file, "audio/wav")}, timeout=30)
+        with open(small, "rb") as file:
+            accepted = httpx.post(url, files={"files": ("small.wav", file, "audio/wav")}, timeout=30)
+    finally:
+        demo.close()
+        space.close()
+    assert refused.status_code == 413 and "maximum allowed size" in refused.text
+    assert accepted.status_code == 200 and Path(accepted.json()[0]).is_file()
+    Path(accepted.json()[0]).unlink()
 
 
 def test_voices_are_found_and_passed_to_the_model(speech_model, tmp_path, monkeypatch):
@@ -261,13 +392,14 @@ def test_voices_are_found_and_passed_to_the_model(speech_model, tmp_path, monkey
     space = OpenS2SSpace(speech_model, speakers=found)
     assert list(space.voices) == [DEFAULT_VOICE, "calm", "warm"], "a voice of the wrong size is left out"
     recorder = _Recorder()
-    monkeypatch.setattr(space_app, "stream_reply", recorder)
+    monkeypatch.setattr(space, "_submit", recorder)
     for voice in (DEFAULT_VOICE, "warm"):
         list(space.respond(str(EXAMPLE_WAV), [], voice, 0.0, 1.0))
     default, warm = recorder.calls
     assert "speaker_embedding" not in default, "the default voice is the model's zeros"
     assert warm["speaker_embedding"].shape == (dim,)
     assert warm["token2wav_speaker_embedding"].shape == (1, 192)
+    space.close()
 
 
 def test_sampling_controls_and_budgets_leave_the_models_configs_alone(space, speech_model):
