@@ -173,11 +173,12 @@ def _write_wav(config: PipelineConfig, stage: str, row_id: str, waveform, rate: 
 
 def _stage_audio_problem(row: dict, config: PipelineConfig) -> RowFailure | None:
     """Why an audio file an earlier stage wrote for this row can no longer be used (removed, or changed into
-    something unreadable, empty or of a broken rate since that stage counted it done), or `None`. Header only."""
+    something unreadable, empty or of a broken rate since that stage counted it done), or `None`. Header only; its
+    length is the business of the stage that reads it (no limits here)."""
     for column in STAGE_AUDIO_COLUMNS:
         if row.get(column):
             try:
-                check_audio(str(config.workdir / row[column]))
+                check_audio(str(config.workdir / row[column]), max_seconds=None, min_samples=1)
             except (AudioError, OSError) as error:
                 return RowFailure("corrupt stage audio", f"{column} {row[column]}: {error}"[:300])
     return None
