@@ -105,18 +105,39 @@ def _token2wav_source(model) -> Path | None:
     return source if (source / "config.json").exists() else None
 
 
-def _copy_processor(model, folder: Path) -> None:
-    """Save the processor of the local folder `model` was loaded from, when it has one (the trainer saves its own)."""
-    from .processing_opens2s import OpenS2SProcessor
+# What a saved OpenS2SProcessor consists of: the processor config (feature extractor inside), the LLM tokenizer, the
+# chat template and the unit tokenizer's subfolder.
+PROCESSOR_FILES = (
+    "processor_config.json",
+    "preprocessor_config.json",
+    "chat_template.jinja",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "vocab.json",
+    "merges.txt",
+)
+# The attribute name ProcessorMixin saves the second tokenizer under (a subfolder of that name).
+UNIT_TOKENIZER_SUBFOLDER = "unit_tokenizer"
 
+
+def _copy_processor(model, folder: Path) -> None:
+    """Copy the processor files of the local folder `model` was loaded from, when it has them (the trainer saves its
+    own). The files are copied, not loaded: loading would run the folder's processor code, which a model loaded with
+    the installed classes never trusted."""
     source = Path(model.config.name_or_path)
     if (
-        model.config.name_or_path
-        and (source / "processor_config.json").exists()
-        and not (folder / "processor_config.json").exists()
+        not model.config.name_or_path
+        or not (source / "processor_config.json").exists()
+        or (folder / "processor_config.json").exists()
     ):
-        # The model itself was loaded from this folder, so its code is already trusted.
-        OpenS2SProcessor.from_pretrained(str(source), trust_remote_code=True).save_pretrained(folder)
+        return
+    for name in PROCESSOR_FILES:
+        if (source / name).is_file():
+            shutil.copyfile(source / name, folder / name)
+    if (source / UNIT_TOKENIZER_SUBFOLDER).is_dir():
+        shutil.copytree(source / UNIT_TOKENIZER_SUBFOLDER, folder / UNIT_TOKENIZER_SUBFOLDER, dirs_exist_ok=True)
 
 
 def save_speech_parts(model, folder: str | Path) -> None:

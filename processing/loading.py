@@ -12,14 +12,12 @@ import os
 from pathlib import Path
 
 from opens2s.conversion.checksums import verify_checksums
+from opens2s.modeling_opens2s.saving_opens2s import UNIT_TOKENIZER_SUBFOLDER
 
 
 __all__ = ["add_loading_arguments", "load_opens2s_model", "load_opens2s_processor", "verify_model_folder"]
 
 logger = logging.getLogger(__name__)
-
-# The attribute name ProcessorMixin saves the second tokenizer under (a subfolder of that name).
-UNIT_TOKENIZER_SUBFOLDER = "unit_tokenizer"
 
 
 def add_loading_arguments(parser: argparse.ArgumentParser) -> None:

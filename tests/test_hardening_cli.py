@@ -255,6 +255,21 @@ def test_load_speech_model_uses_the_installed_classes(tiny_model_dir):
     assert type(speech_model.model.token2wav).__module__ == "opens2s.modeling_opens2s.modeling_token2wav"
 
 
+def test_saving_a_model_loaded_untrusted_does_not_run_the_folders_processor_code(tiny_model_dir, tmp_path):
+    """`save_pretrained` (so `Trainer.save_model`) copies the source folder's processor files instead of loading
+    them, which would import the folder's feature-extractor code."""
+    from opens2s.processing.loading import load_opens2s_model, load_opens2s_processor
+
+    folder, markers = _tampered_copy(tiny_model_dir, tmp_path)
+    model = load_opens2s_model(folder)
+    model.save_pretrained(tmp_path / "saved")
+    assert list(markers.iterdir()) == []
+    saved_processor = load_opens2s_processor(tmp_path / "saved")
+    original_processor = load_opens2s_processor(tiny_model_dir)
+    assert saved_processor.tokenizer.get_vocab() == original_processor.tokenizer.get_vocab()
+    assert saved_processor.num_units == original_processor.num_units
+
+
 @pytest.mark.parametrize(
     ("flags", "expected"),
     [
