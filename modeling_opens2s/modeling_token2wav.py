@@ -73,6 +73,7 @@ class OpenS2SToken2Wav(PreTrainedModel):
         check_unit_range(units, self.config.vocab_size)
         return units
 
+    @torch.no_grad()
     def synthesize(
         self,
         units: torch.Tensor | list[int] | list[list[int]],
@@ -83,6 +84,7 @@ class OpenS2SToken2Wav(PreTrainedModel):
     ) -> Token2WavOutput:
         r"""
         Offline synthesis: one flow pass over all units, then the vocoder (the original's `token2wav(finalize=True)`).
+        Runs without autograd (the outputs have no grad), with the original's two estimator calls per Euler step.
 
         Args:
             units (`torch.LongTensor` of shape `(batch_size, num_units)` or `(num_units,)`):
@@ -123,6 +125,7 @@ class OpenS2SToken2Wav(PreTrainedModel):
         mode: str = "blocks",
         speaker_embedding: torch.Tensor | None = None,
         generator: torch.Generator | None = None,
+        compile: bool = False,
     ) -> BlockStream | OriginalStream:
         r"""
         A streaming session for one answer: `push(units)` returns the waveform that became final (possibly empty),
@@ -139,12 +142,21 @@ class OpenS2SToken2Wav(PreTrainedModel):
                 Voice of the answer. The original OpenS2S loop always passes zeros.
             generator (`torch.Generator`, *optional*):
                 `"blocks"` mode: the stream's own source of randomness (seed it for reproducible audio).
+            compile (`bool`, *optional*, defaults to `False`):
+                `"blocks"` mode: run the flow's estimator compiled with `torch.compile` for the schedule's fixed chunk
+                shapes (the first block, the doubling chunks, the steady chunk; the last chunk stays eager). The
+                first chunk of each shape compiles (seconds to minutes; later streams of this model reuse the
+                graphs), then chunks are faster. The audio equals the eager stream's up to float32 rounding.
+
+        Both modes run without autograd: every returned waveform has no grad.
         """
         if mode == "blocks":
-            return BlockStream(self, speaker_embedding=speaker_embedding, generator=generator)
+            return BlockStream(self, speaker_embedding=speaker_embedding, generator=generator, compile=compile)
         if mode == "original":
             if generator is not None:
                 raise ValueError('mode="original" reseeds 42 for every call, as the original; it takes no generator')
+            if compile:
+                raise ValueError('compile=True is for mode="blocks" (the original re-runs a growing history)')
             return OriginalStream(self, speaker_embedding=speaker_embedding)
         raise ValueError(f'mode must be "blocks" or "original", got {mode!r}')
 

@@ -321,6 +321,7 @@ def solve_euler_cfg(
     num_timesteps: int,
     cfg_rate: float,
     step_callback: StepCallback | None = None,
+    batch_guidance: bool = False,
 ) -> Tensor:
     """Fixed-step Euler solver of the flow ODE over the cosine schedule, with classifier-free guidance.
 
@@ -336,6 +337,11 @@ def solve_euler_cfg(
         step_callback (`Callable`, *optional*): called before each update as
             `step_callback(step, t, x, v_cond, v_uncond)` (`v_uncond` is None when `cfg_rate == 0`), to observe the
             intermediates; it must not modify them.
+        batch_guidance (`bool`, *optional*, defaults to `False`): run the conditional and unconditional velocities
+            as one estimator call on a batch of `2 * batch` rows instead of two calls. Same maths, fewer and larger
+            kernels (about 1.3x faster on CPU at one encoder block); the kernels sum in another order, so the result
+            differs from the two-call solver by float32 rounding (~1e-6 on mel), which is why the parity paths
+            (`synthesize`, the original's stream) keep the two calls.
 
     Returns:
         `Tensor` of shape `(batch, mel, frames)`, float32: the state at t = 1.
@@ -347,20 +353,30 @@ def solve_euler_cfg(
     t_span = 1 - torch.cos(t_span * 0.5 * torch.pi)
     mask, mu, spks, cond = (tensor.to(dtype) for tensor in (mask, mu, spks, cond))
     unconditioned = (torch.zeros_like(mu), torch.zeros_like(spks), torch.zeros_like(cond))
+    batched = cfg_rate > 0 and batch_guidance
+    if batched:
+        # Rows [0, batch) conditional, [batch, 2 * batch) unconditional; built once for the ten steps.
+        batch = mu.shape[0]
+        mask2 = torch.cat([mask, mask])
+        mu2, spks2, cond2 = (
+            torch.cat([tensor, zero]) for tensor, zero in zip((mu, spks, cond), unconditioned, strict=True)
+        )
     x = noise.float()
     # Accumulated t as in the original (OB-T2W-8): t += dt, then dt = t_span[k + 1] - t.
     t, dt = t_span[0], t_span[1] - t_span[0]
     for step in range(num_timesteps):
         x_in = x.to(dtype)
-        v_cond = estimator(x_in, mask, mu, t, spks, cond).float()
-        v_uncond = None
-        velocity = v_cond
-        if cfg_rate > 0:
-            # Two calls like the original, not one batch-2 call: bitwise equal to it on the same machine, where a
-            # batch-2 call changes kernel summation order (~3e-6 on mel).
-            mu_zero, spks_zero, cond_zero = unconditioned
-            v_uncond = estimator(x_in, mask, mu_zero, t, spks_zero, cond_zero).float()
-            velocity = (1.0 + cfg_rate) * v_cond - cfg_rate * v_uncond
+        if batched:
+            velocities = estimator(torch.cat([x_in, x_in]), mask2, mu2, t, spks2, cond2).float()
+            v_cond, v_uncond = velocities.split(batch)
+        else:
+            v_cond, v_uncond = estimator(x_in, mask, mu, t, spks, cond).float(), None
+            if cfg_rate > 0:
+                # Two calls like the original, not one batch-2 call: bitwise equal to it on the same machine, where
+                # a batch-2 call changes kernel summation order (~3e-6 on mel).
+                mu_zero, spks_zero, cond_zero = unconditioned
+                v_uncond = estimator(x_in, mask, mu_zero, t, spks_zero, cond_zero).float()
+        velocity = v_cond if v_uncond is None else (1.0 + cfg_rate) * v_cond - cfg_rate * v_uncond
         if step_callback is not None:
             step_callback(step, t, x, v_cond, v_uncond)
         x = x + dt * velocity
@@ -410,6 +426,15 @@ class FlowDecoder(nn.Module):
         self.encoder_projection = nn.Linear(config.encoder_hidden_size, config.mel_bins)
         self.length_regulator = LengthRegulator(config)
         self.estimator = ConditionalDecoder(config)
+        self._compiled_estimators: dict[str, Callable] = {}  # torch.compile mode -> compiled estimator
+
+    def compiled_estimator(self, mode: str | None = None) -> Callable:
+        """`torch.compile(self.estimator, dynamic=False)`, built once per `mode` and kept, so every stream of this
+        decoder reuses its compiled graphs (one per input shape; the first call of a shape compiles). Its output
+        equals the eager estimator's up to float32 rounding (fused kernels sum in another order)."""
+        if mode not in self._compiled_estimators:
+            self._compiled_estimators[mode] = torch.compile(self.estimator, mode=mode, dynamic=False)
+        return self._compiled_estimators[mode]
 
     @property
     def num_timesteps(self) -> int:
@@ -452,6 +477,8 @@ class FlowDecoder(nn.Module):
         generator: torch.Generator | None = None,
         num_frames: int | None = None,
         step_callback: StepCallback | None = None,
+        batch_guidance: bool = False,
+        estimator: nn.Module | None = None,
     ) -> FlowOutput:
         """Decode units to log-mel (rows of equal length; no padding).
 
@@ -467,6 +494,10 @@ class FlowDecoder(nn.Module):
                 `torch.Generator().manual_seed(42)` reproduces the original's noise on CPU.
             num_frames (`int`, *optional*): total frames (prompt + new); defaults to `self.num_frames(P + C)`.
             step_callback (`Callable`, *optional*): see `solve_euler_cfg`.
+            batch_guidance (`bool`, *optional*, defaults to `False`): see `solve_euler_cfg` (float32 rounding away
+                from the two-call solver of the original).
+            estimator (`nn.Module`, *optional*): the velocity model to call instead of `self.estimator`, e.g. its
+                `torch.compile`d form ([`~FlowDecoder.compiled_estimator`]).
 
         Returns:
             `FlowOutput`; `mel` holds the frames after the prompt mel.
@@ -496,7 +527,7 @@ class FlowDecoder(nn.Module):
             raise ValueError(f"noise must have shape {(batch, config.mel_bins, total)}, got {tuple(noise.shape)}")
 
         mel_full = solve_euler_cfg(
-            self.estimator,
+            self.estimator if estimator is None else estimator,
             noise.float() * config.temperature,
             mu.new_ones(batch, 1, total),
             mu,
@@ -505,6 +536,7 @@ class FlowDecoder(nn.Module):
             config.num_timesteps,
             config.cfg_rate,
             step_callback,
+            batch_guidance,
         )
         return FlowOutput(
             mel=mel_full[:, :, prompt_frames:],

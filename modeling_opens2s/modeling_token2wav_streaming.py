@@ -176,6 +176,12 @@ class BlockStream:
 
     Randomness: two generators derived from `generator`; flow noise drawn per frame and sine noise per sample, in
     time order, so the draws do not depend on the chunking.
+
+    Speed: the flow's conditional and unconditional (guidance) velocities run as one batch-2 estimator call per Euler
+    step (see `solve_euler_cfg`'s `batch_guidance`; equal to two calls up to float32 rounding), and with
+    `compile=True` the chunks of the schedule's fixed sizes call the `torch.compile`d estimator
+    ([`FlowDecoder.compiled_estimator`], shared by every stream of the model); the last, ragged chunk runs eager so
+    that no answer length compiles a new graph.
     """
 
     def __init__(
@@ -183,9 +189,11 @@ class BlockStream:
         model: Token2WavModel,
         speaker_embedding: torch.Tensor | None = None,
         generator: torch.Generator | None = None,
+        compile: bool = False,
     ):
         self.model = model
         self.speaker_embedding = speaker_embedding
+        self.compiled_estimator = model.flow.compiled_estimator() if compile else None
         config, device = model.config, model.device
         block, mel_bins = config.flow_config.encoder_block_size, config.flow_config.mel_bins
         self.next_chunk_units = config.stream_first_chunk_blocks * block
@@ -227,7 +235,7 @@ class BlockStream:
 
     @torch.no_grad()
     def _step(self, num_units: int, final: bool) -> torch.Tensor:
-        flow_units, flow_frames = self._render_mel(num_units) if num_units else (0, 0)
+        flow_units, flow_frames = self._render_mel(num_units, final) if num_units else (0, 0)
         waveform, vocoder_frames = self._vocode(final)
         self.costs.append(ChunkCost(flow_units=flow_units, flow_frames=flow_frames, vocoder_frames=vocoder_frames))
         return waveform
@@ -235,8 +243,9 @@ class BlockStream:
     def _frames(self, num_units: int) -> int:
         return self.model.flow.num_frames(num_units)
 
-    def _render_mel(self, num_units: int) -> tuple[int, int]:
-        """Flow over (left context + `num_units` new units); appends the new frames to `self.mel`."""
+    def _render_mel(self, num_units: int, final: bool) -> tuple[int, int]:
+        """Flow over (left context + `num_units` new units); appends the new frames to `self.mel`. The compiled
+        estimator (if any) serves the schedule's fixed chunk sizes, not the `final` chunk's ragged one."""
         device = self.model.device
         start, end = self.rendered_units, self.rendered_units + num_units
         context_start = max(0, start - self.left_context_units)
@@ -252,6 +261,8 @@ class BlockStream:
             speaker_embedding=self.speaker_embedding,
             noise=self._flow_noise(first_frame, last_frame),
             num_frames=last_frame - first_frame,
+            batch_guidance=True,
+            estimator=None if final else self.compiled_estimator,
         ).mel
         self.mel = torch.cat([self.mel, mel], dim=-1)
         self.rendered_units = end

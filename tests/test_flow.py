@@ -23,6 +23,7 @@ ENCODER_ATOL = 1e-5  # encoder_out, encoder_proj_out, mu, spks
 ODE_ATOL = 1e-4  # v_*, x_step*, mel_full
 NOISE_SEED = 42  # the original's torch.manual_seed(42) before every ODE
 MU_BATCH_ULPS = 16  # batched vs one-row `mu`, in float32 eps of its magnitude (see test_tiny_model_runs_and_batches)
+GUIDANCE_BATCH_ULPS = 32  # batch-2 guidance vs two calls, in float32 eps of max|mel| (see its test)
 
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -264,6 +265,42 @@ def test_tiny_model_runs_and_batches(tiny_model: FlowDecoder, dtype: torch.dtype
             # MU_BATCH_ULPS. A batching bug (a row reading another row's units or frames) moves `mu` by O(1).
             atol = MU_BATCH_ULPS * torch.finfo(torch.float32).eps * alone[i].mu.abs().max().item()
             assert_close(both.mu[i : i + 1], alone[i].mu, atol, f"row {i} mu batched vs alone")
+
+
+def test_batched_guidance_equals_two_calls_up_to_float32_rounding(tiny_model: FlowDecoder) -> None:
+    """`batch_guidance=True` (block streaming's solver) runs v(x, mu, spks, cond) and v(x, 0, 0, 0) as one batch-2
+    call: the same velocities, only summed in another kernel order."""
+    tokens = torch.tensor([[1, 5, 9, 2, 31, 7, 3]])
+    prompt_tokens, prompt_mel = (
+        torch.tensor([[6, 7, 8]]),
+        torch.randn(1, 20, 80, generator=torch.Generator().manual_seed(1)),
+    )
+    speaker = torch.randn(1, 24, generator=torch.Generator().manual_seed(2))
+    noise = torch.randn(1, 80, tiny_model.num_frames(10), generator=torch.Generator().manual_seed(3))
+    steps = {True: [], False: []}
+    with torch.inference_mode():
+        outputs = {
+            batched: tiny_model.inference(
+                tokens,
+                prompt_tokens,
+                prompt_mel,
+                speaker,
+                noise=noise,
+                batch_guidance=batched,
+                step_callback=lambda step, t, x, v_cond, v_uncond, batched=batched: steps[batched].append(
+                    (v_cond, v_uncond)
+                ),
+            ).mel_full
+            for batched in (False, True)
+        }
+    # Each Euler step feeds the rounding of the last into a deep U-Net, so the ODE result moves by a few ulps of
+    # max|mel|: measured 5.5 eps (tiny) and 8.9 eps (released dims) on this machine; a mix-up of the two rows
+    # (guidance applied the wrong way round) moves it by O(1).
+    atol = GUIDANCE_BATCH_ULPS * torch.finfo(torch.float32).eps * outputs[False].abs().max().item()
+    assert_close(outputs[True], outputs[False], atol, "batch-2 guidance vs two calls")
+    assert not torch.equal(steps[True][0][0], steps[True][0][1])  # the callback sees both velocities, apart
+    for (cond_batched, uncond_batched), (cond, uncond) in zip(steps[True], steps[False], strict=True):
+        assert cond_batched.shape == cond.shape and uncond_batched.shape == uncond.shape
 
 
 def test_noise_never_touches_global_rng(tiny_model: FlowDecoder) -> None:
