@@ -292,7 +292,7 @@ def _until(ws, kind: str, seen: list[dict]) -> dict:
             return event
 
 
-def test_realtime_answer_and_barge_in(served):
+def test_realtime_answer_and_barge_in(served, monkeypatch):
     from websockets.sync.client import connect
 
     server, base_url = served
@@ -314,7 +314,14 @@ def test_realtime_answer_and_barge_in(served):
         assert transcript and transcript == done["response"]["output"][0]["transcript"]
         assert len(audio) > 2 * 2400, "more than 0.1 s of 24 kHz pcm16"
 
-        # Barge-in: a long answer is cancelled after its first audio.
+        # Barge-in: a long answer is cancelled after its first audio. The realtime protocol has no logit_bias, so the
+        # text EOS is banned on the server side: the random tiny model would otherwise often end within the budget
+        # before the cancel arrives.
+        stream_kwargs = server.stream_kwargs
+        no_eos = {token: -100.0 for token in EOS_IDS}
+        monkeypatch.setattr(
+            server, "stream_kwargs", lambda *args, **kwargs: stream_kwargs(*args, **{**kwargs, "logit_bias": no_eos})
+        )
         ws.send(json.dumps({"type": "input_audio_buffer.append", "audio": _pcm24k_b64()}))
         ws.send(json.dumps({"type": "input_audio_buffer.commit"}))
         ws.send(json.dumps({"type": "response.create", "response": {"max_response_output_tokens": LONG}}))
