@@ -18,8 +18,10 @@ How a batch keeps each conversation's greedy ids exactly those of a solo run:
   kernel, with another summation order, for very few rows (measured here: rows differ by ~1e-6 between 1-3 rows and
   >= 4 rows, and are identical for any count >= 4 and any place of the row in the batch). So single-position forwards
   are padded with zero rows to at least `MIN_GEMM_ROWS` rows, alone too: a conversation's arithmetic does not depend
-  on how many neighbours it has. Multi-position forwards (a prompt, a speech chunk's rows) run one conversation at a
-  time, in a solo run as in a batch.
+  on how many neighbours it has. Multi-position forwards (a prompt, a speech chunk's head and rows) of one LM with
+  the same number of new positions run as one batch when that number is at least `MIN_GEMM_ROWS` (each GEMM then
+  has that many rows alone too: speech-chunk heads of conversations in step are often alike); shorter ones run one
+  conversation at a time, in a solo run as in a batch.
 - Sampling uses each conversation's own generator, so seeded answers do not depend on the neighbours either.
 
 `model.stream` and `model.generate` are this engine with one conversation.
@@ -191,13 +193,16 @@ def forward_rows(causal_lm, feeds: list[_Feed]) -> None:
         feed.hidden, feed.logits = hidden[row : row + 1], logits[row : row + 1]
 
 
-def _forward_groups(feeds: list[_Feed]) -> list[list[_Feed]]:
-    """Feeds that run as one forward: all single-position feeds of one LM together; a multi-position feed alone."""
-    groups: dict[int, list[_Feed]] = {}
+def _forward_groups(feeds: list[_Feed], batch_multi: bool = True) -> list[list[_Feed]]:
+    """Feeds that run as one forward: the feeds of one LM with the same number of new positions, when that number is
+    1 (padded to `MIN_GEMM_ROWS` rows) or at least `MIN_GEMM_ROWS` (then every GEMM has that many rows alone too);
+    any other multi-position feed alone, and every multi-position feed alone unless `batch_multi`."""
+    groups: dict[tuple[int, int], list[_Feed]] = {}
     alone = []
     for feed in feeds:
-        if feed.inputs_embeds.shape[1] == 1:
-            groups.setdefault(id(feed.state.causal_lm), []).append(feed)
+        length = feed.inputs_embeds.shape[1]
+        if length == 1 or (batch_multi and length >= MIN_GEMM_ROWS):
+            groups.setdefault((id(feed.state.causal_lm), length), []).append(feed)
         else:
             alone.append([feed])
     return list(groups.values()) + alone
@@ -656,7 +661,7 @@ class OpenS2SEngine:
     def _run(self, feeds: list[_Feed]) -> None:
         """Run the forwards; each conversation's request is answered (or the conversation fails) and cleared."""
         owners = {id(conversation.request): conversation for conversation in self.active if conversation.request}
-        for group in _forward_groups(feeds):
+        for group in _forward_groups(feeds, batch_multi=self.fast is None):
             begin = time.perf_counter()
             compiling = False
             try:

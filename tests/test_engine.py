@@ -7,6 +7,7 @@ conversation, and reproduces the original on the fixture sets: `test_streaming.p
 """
 
 import gc
+import sys
 import threading
 import weakref
 
@@ -107,6 +108,43 @@ def test_batched_greedy_ids_equal_each_conversation_alone(tiny, prompts):
     )
     # The voice matters: conversation 1 with another speaker gives other units (so the rows did not share slots).
     assert solo(tiny, prompts[1], **(kwargs[1] | {"speaker_embedding": None}))["speech"] != alone[1]["speech"]
+
+
+def test_equal_length_multi_position_forwards_run_as_one_batch_with_ids_alone(tiny, monkeypatch):
+    """Two conversations with prompts of one length arriving together: their prefills, and then their speech-chunk
+    heads, run as one forward each (checked), and every id equals that conversation alone."""
+    model, processor = tiny
+    waveform = load_audio(EXAMPLE_WAV, sampling_rate=16000)
+    half = len(waveform) // 2
+    prompts = [
+        conversation_inputs(processor, waveform[:half], sampling_rate=16000),
+        conversation_inputs(processor, waveform[half : 2 * half], sampling_rate=16000),
+    ]
+    assert prompts[0]["input_ids"].shape == prompts[1]["input_ids"].shape
+    assert not torch.equal(prompts[0]["input_features"], prompts[1]["input_features"])
+    voice = torch.randn(model.config.speaker_embedding_dim, generator=torch.Generator().manual_seed(2))
+    kwargs = [
+        {"max_new_tokens": 9, "speech_max_new_tokens": 30, "token2wav": False},
+        {"max_new_tokens": 7, "speech_max_new_tokens": 40, "token2wav": False, "speaker_embedding": voice},
+    ]
+    alone = [solo(tiny, inputs, **kw) for inputs, kw in zip(prompts, kwargs, strict=True)]
+    engine = model.engine(processor=processor)
+    module = sys.modules[type(engine).__module__]  # the remote-code copy of the engine module, if any
+    batched_lengths = []
+
+    def recording_forward_rows(causal_lm, feeds):
+        if len(feeds) > 1 and feeds[0].inputs_embeds.shape[1] > 1:
+            batched_lengths.append(feeds[0].inputs_embeds.shape[1])
+        return forward_rows(causal_lm, feeds)
+
+    forward_rows = module.forward_rows
+    monkeypatch.setattr(module, "forward_rows", recording_forward_rows)
+    together = run_plan(engine, [(0, prompts[0], kwargs[0]), (0, prompts[1], kwargs[1])])
+    assert prompts[0]["input_ids"].shape[1] in batched_lengths  # the two prefills
+    assert 1 + model.config.text_span in batched_lengths  # two speech-chunk heads
+    for index, (mine, reference) in enumerate(zip(together, alone, strict=True)):
+        assert mine["text"] == reference["text"], f"conversation {index}: text ids differ"
+        assert mine["speech"] == reference["speech"], f"conversation {index}: decoder ids differ"
 
 
 def test_seeded_sampling_does_not_depend_on_neighbours(tiny, prompts):
