@@ -12,8 +12,10 @@ oversubscription), `--seed 0`, `--skip-original` (the slow row).
 `--units` random unit ids (12.5 units/s: 250 units = 20 s at 22.05 kHz), after a warm-up pass over one block:
 
 * `ours offline`: `model.synthesize(units)`, one flow pass and one vocoder pass over the whole answer.
-* `ours stream`: `model.start_stream()` (chunks of whole encoder blocks, bounded left context), the units pushed
-  one at a time as an LLM writes them, then `finish()`.
+* `ours stream`: `model.start_stream()` (chunks of whole encoder blocks, bounded left context, the guidance's two
+  estimator passes as one batch-2 call), the units pushed one at a time as an LLM writes them, then `finish()`.
+  The first audio is the first one-block chunk (10 units = 68 frames, the encoder's block: a smaller chunk would
+  change the sound); the original's is its first 24-unit call (163 frames, two estimator calls per Euler step).
 * `original`: `model.start_stream(mode="original")`, OpenS2S's loop (a call per 24 units, the whole history re-run
   as the flow's prompt), same push pattern.
 
