@@ -65,6 +65,9 @@ logger = logging.getLogger(__name__)
 # does not depend on the number of rows (see the module docstring).
 MIN_GEMM_ROWS = 4
 _END = object()  # the last item of a conversation's event queue
+# Most engine steps a single-position forward waits for a larger group of its LM to fall in step with (a bound: in
+# practice a conversation meets the others' phase within one text/speech cycle).
+_MAX_WAIT_STEPS = 16
 
 
 class EngineFull(RuntimeError):
@@ -491,6 +494,7 @@ class Conversation:
         self.interleaver: _Interleaver | None = interleaver
         self.events: queue.Queue = queue.Queue()
         self.request: _Feed | None = None  # the forward it waits for
+        self.waited = 0  # engine steps that request has waited (see `OpenS2SEngine._choose`)
         self.done = False  # generation is over (finished, cancelled or failed); events may still be queued
         self.drained = False
 
@@ -654,14 +658,40 @@ class OpenS2SEngine:
                     self._leave(conversation)
                 else:
                     feeds.append(feed)
-            self._run(feeds)
+            owners = {id(conversation.request): conversation for conversation in self.active if conversation.request}
+            groups = self._choose(_forward_groups(feeds, batch_multi=self.fast is None), owners)
+            for conversation in owners.values():
+                conversation.waited += 1
+            self._run(groups, owners)
             self.steps += 1
             return bool(self.active or self.queued)
 
-    def _run(self, feeds: list[_Feed]) -> None:
-        """Run the forwards; each conversation's request is answered (or the conversation fails) and cleared."""
-        owners = {id(conversation.request): conversation for conversation in self.active if conversation.request}
-        for group in _forward_groups(feeds, batch_multi=self.fast is None):
+    def _choose(self, groups: list[list[_Feed]], owners: dict) -> list[list[_Feed]]:
+        """The forwards of this step. Every multi-position forward (a prompt, a speech-chunk head) runs; of the
+        single-position ones, the one with the most rows (the LLM's on a tie), plus any that holds a conversation
+        without its first unit yet (first-unit latency) or one that has waited `_MAX_WAIT_STEPS` steps. The others
+        wait a step: each LM's step costs about the same for 1 or 8 rows, so conversations in other phases of their
+        text/speech cycle fall in step with the largest group instead of each LM running every step for a few."""
+        singles = [group for group in groups if group[0].inputs_embeds.shape[1] == 1]
+        if len(singles) < 2:
+            return groups
+        text_lm = self.model.language_model
+        largest = max(singles, key=lambda group: (len(group), group[0].state.causal_lm is text_lm))
+
+        def urgent(group: list[_Feed]) -> bool:
+            return any(
+                owners[id(feed)].waited >= _MAX_WAIT_STEPS
+                or owners[id(feed)].interleaver.stats.time_to_first_units is None
+                for feed in group
+            )
+
+        single_ids = {id(group) for group in singles}
+        return [group for group in groups if id(group) not in single_ids or group is largest or urgent(group)]
+
+    def _run(self, groups: list[list[_Feed]], owners: dict) -> None:
+        """Run the forwards of `groups`; each of their conversations' requests is answered (or the conversation
+        fails) and cleared. `owners` maps `id(feed)` to its conversation."""
+        for group in groups:
             begin = time.perf_counter()
             compiling = False
             try:
@@ -682,7 +712,7 @@ class OpenS2SEngine:
             for feed in group:
                 conversation = owners[id(feed)]
                 conversation.interleaver.clock.add("compile" if compiling else feed.stage, seconds)
-                conversation.request = None
+                conversation.request, conversation.waited = None, 0
 
     def _leave(self, conversation: Conversation) -> None:
         """Take `conversation` out of the active ones (its slot of the fast path's caches is free again)."""

@@ -147,6 +147,28 @@ def test_equal_length_multi_position_forwards_run_as_one_batch_with_ids_alone(ti
         assert mine["speech"] == reference["speech"], f"conversation {index}: decoder ids differ"
 
 
+def test_rows_in_other_phases_wait_a_bounded_number_of_steps_and_keep_their_ids(tiny, prompts):
+    """Once a conversation has its first unit, a single-position forward of an LM whose largest group is elsewhere
+    waits (so rows fall in step with the others' text/speech cycle) -- never more than the bound, and ids stay those
+    of the conversation alone."""
+    model, processor = tiny
+    kwargs = {"max_new_tokens": 12, "speech_max_new_tokens": 40, "token2wav": False}
+    alone = [solo(tiny, inputs, **kwargs) for inputs in prompts]
+    engine = model.engine(processor=processor)
+    bound = sys.modules[type(engine).__module__]._MAX_WAIT_STEPS
+    conversations, waits = [], []
+    while len(conversations) < len(prompts) or any(not c.done for c in conversations):
+        if len(conversations) < len(prompts) and engine.steps == 2 * len(conversations):
+            conversations.append(engine.submit(prompts[len(conversations)], **kwargs))
+        engine.step()
+        waits += [conversation.waited for conversation in engine.active]
+    assert 0 < max(waits) <= bound
+    for index, (conversation, reference) in enumerate(zip(conversations, alone, strict=True)):
+        mine = ids_of(conversation)
+        assert mine["text"] == reference["text"], f"conversation {index}: text ids differ"
+        assert mine["speech"] == reference["speech"], f"conversation {index}: decoder ids differ"
+
+
 def test_seeded_sampling_does_not_depend_on_neighbours(tiny, prompts):
     model, processor = tiny
     sampled = {"do_sample": True, "temperature": 0.9, "top_k": 20, "speech_do_sample": True, "token2wav": False}
