@@ -6,7 +6,10 @@ token2wav session), written as a generator that yields events for its caller and
 One [`OpenS2SEngine.step`] resumes every active conversation until it asks for its next forward, then runs those
 forwards together, one batch per LM, and hands each conversation its own hidden states and logits back. Conversations
 join and leave between steps; rows in different phases (prefill, text chunk, speech chunk, flush) simply ask
-different LMs, or the same LM for a different number of positions.
+different LMs, or the same LM for a different number of positions. A step need not run every request: an LM's
+single-position step costs about the same for 1 row as for 8, so only the largest such group runs (with those of
+conversations still before their first unit, and any that waited `_MAX_WAIT_STEPS`), and the others wait until the
+rest reach their phase (see [`OpenS2SEngine._choose`]). Waiting changes when a row runs, never what it computes.
 
 How a batch keeps each conversation's greedy ids exactly those of a solo run:
 
