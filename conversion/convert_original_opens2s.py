@@ -143,11 +143,12 @@ class _ShardWriter:
 
 
 def _expected_keys(config: OpenS2SConfig) -> dict[str, tuple[int, ...]]:
-    from opens2s.modeling_opens2s.modeling_opens2s import OpenS2SForConditionalGeneration
+    from opens2s.modeling_opens2s.modeling_opens2s import OpenS2SForConditionalGeneration, checkpoint_key
 
     with torch.device("meta"):
         model = OpenS2SForConditionalGeneration(config)
-    return {name: tuple(tensor.shape) for name, tensor in model.state_dict().items()}
+    # Checkpoint names, as `save_pretrained` writes them (see CHECKPOINT_KEY_PREFIXES).
+    return {checkpoint_key(name): tuple(tensor.shape) for name, tensor in model.state_dict().items()}
 
 
 def convert_weights(src: Path, dst: Path, config: OpenS2SConfig, max_shard_bytes: int) -> None:

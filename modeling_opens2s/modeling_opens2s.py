@@ -15,7 +15,9 @@ import torch
 from torch import nn
 from transformers import AutoModel, AutoModelForCausalLM, GenerationMixin, PreTrainedModel
 from transformers.cache_utils import Cache
-from transformers.modeling_outputs import BaseModelOutputWithPooling
+from transformers.conversion_mapping import register_checkpoint_conversion_mapping
+from transformers.core_model_loading import WeightRenaming
+from transformers.modeling_outputs import BaseModelOutputWithPast, BaseModelOutputWithPooling
 from transformers.utils import ModelOutput, can_return_tuple, logging
 from transformers.utils.deprecation import deprecate_kwarg
 
@@ -32,11 +34,14 @@ if TYPE_CHECKING:
     from .modeling_token2wav import OpenS2SToken2Wav
 
 __all__ = [
+    "CHECKPOINT_KEY_PREFIXES",
+    "checkpoint_key",
     "TOKEN2WAV_SUBFOLDER",
     "OpenS2SAudioAdapter",
     "OpenS2SAudioOutput",
     "OpenS2SForConditionalGeneration",
     "OpenS2SGenerateOutput",
+    "OpenS2SModel",
     "OpenS2SOutput",
     "OpenS2SPreTrainedModel",
 ]
@@ -53,6 +58,31 @@ _ADJUST_GENERATION_ARGS = (
     "revision",
     "subfolder",
 )
+# Checkpoint key prefix -> module prefix. Checkpoints keep the names of the modules before `OpenS2SModel` existed (the
+# LLM as one causal LM `language_model`, the audio parts at the top); transformers renames them on load and back on
+# save (see `register_checkpoint_conversion_mapping` at the end of this file), so folders of every version load.
+CHECKPOINT_KEY_PREFIXES = (
+    ("language_model.lm_head.", "lm_head."),
+    ("language_model.model.", "model.language_model."),
+    ("audio_encoder.", "model.audio_encoder."),
+    ("audio_adapter.", "model.audio_adapter."),
+)
+
+
+def checkpoint_key(name: str) -> str:
+    """The checkpoint key of state-dict entry `name` of the generation model (see `CHECKPOINT_KEY_PREFIXES`)."""
+    for old, new in CHECKPOINT_KEY_PREFIXES:
+        if name.startswith(new):
+            return old + name[len(new) :]
+    return name
+
+
+def module_key(key: str) -> str:
+    """The state-dict name of checkpoint key `key` (the inverse of `checkpoint_key`; module names pass unchanged)."""
+    for old, new in CHECKPOINT_KEY_PREFIXES:
+        if key.startswith(old):
+            return new + key[len(old) :]
+    return key
 
 
 @dataclass
@@ -229,7 +259,7 @@ def _pad_stack(rows: list[torch.Tensor], value) -> torch.Tensor:
 class OpenS2SPreTrainedModel(PreTrainedModel):
     config: OpenS2SConfig
     config_class = OpenS2SConfig
-    base_model_prefix = ""
+    base_model_prefix = "model"
     main_input_name = "input_ids"
     input_modalities = ("audio", "text")
     output_modalities = ("text", "audio")
@@ -262,52 +292,29 @@ class OpenS2SPreTrainedModel(PreTrainedModel):
 
     def _sub_model_of(self, module: nn.Module) -> PreTrainedModel | None:
         if getattr(self, "_sub_model_index", None) is None:
-            sub_models = [m for m in self.children() if isinstance(m, PreTrainedModel)]
+            sub_models = [
+                m
+                for m in self.modules()
+                if isinstance(m, PreTrainedModel) and not isinstance(m, OpenS2SPreTrainedModel)
+            ]
             self._sub_model_index = {id(inner): sub for sub in sub_models for inner in sub.modules()}
         return self._sub_model_index.get(id(module))
 
 
-class OpenS2SForConditionalGeneration(OpenS2SPreTrainedModel, GenerationMixin):
-    """OpenS2S: hears speech, answers in text, and writes speech units for the answer.
+class OpenS2SModel(OpenS2SPreTrainedModel):
+    """The OpenS2S backbone: the audio encoder, the adapter and the LLM's base model (`Qwen3Model`, no LM head).
 
-    `forward` computes the LLM logits and, when `speech_units` are given, the speech decoder's teacher-forced
-    logits in the original interleaved layout; `generate` (from [`GenerationMixin`]) produces text;
-    `stream` (see `streaming_opens2s.py`) produces text and speech together.
+    `forward` embeds the text with the audio frames written over the placeholders and returns the LLM's hidden states
+    after its final norm. [`OpenS2SForConditionalGeneration`] holds it as `model` and adds the LM head and the speech
+    decoder.
     """
 
     def __init__(self, config: OpenS2SConfig):
         super().__init__(config)
         self.audio_encoder = AutoModel.from_config(config.audio_config)
         self.audio_adapter = OpenS2SAudioAdapter(config)
-        self.language_model = AutoModelForCausalLM.from_config(config.text_config)
-        self.speech_decoder = AutoModelForCausalLM.from_config(config.speech_decoder_config)
-        decoder_dim = config.speech_decoder_config.hidden_size
-        # LLM hidden state -> speech decoder input (original `llm2tts` + `llm_ln`).
-        self.hidden_projection = nn.Linear(config.text_config.hidden_size, decoder_dim, bias=False)
-        self.hidden_norm = nn.LayerNorm(decoder_dim, eps=1e-5)
-        # Speaker embedding -> the decoder's first position (original `spk2tts` + `spk_ln`).
-        self.speaker_projection = nn.Linear(config.speaker_embedding_dim, decoder_dim, bias=False)
-        self.speaker_norm = nn.LayerNorm(decoder_dim, eps=1e-5)
+        self.language_model = AutoModel.from_config(config.text_config)
         self.post_init()
-
-    def adjust_generation_fn(
-        self, generation_config, from_auto_class, from_pipeline, pretrained_model_name_or_path, *args, **kwargs
-    ):
-        """`GenerationMixin.adjust_generation_fn`, except that a `generation_config.json` which exists but cannot be
-        read is an error (transformers would silently use the defaults: other ids, no `suppress_tokens`), and a
-        missing one is a warning saying what is assumed."""
-        if generation_config is None and pretrained_model_name_or_path is not None:
-            hub_kwargs = dict(zip(_ADJUST_GENERATION_ARGS, args, strict=False)) | kwargs
-            load_generation_config_file(
-                pretrained_model_name_or_path,
-                GENERATION_CONFIG_NAME,
-                f"the LLM decodes greedily until its EOS {self.config.text_config.eos_token_id}, without "
-                "suppress_tokens",
-                **hub_kwargs,
-            )
-        super().adjust_generation_fn(
-            generation_config, from_auto_class, from_pipeline, pretrained_model_name_or_path, *args, **kwargs
-        )
 
     def get_input_embeddings(self) -> nn.Module:
         return self.language_model.get_input_embeddings()
@@ -315,13 +322,6 @@ class OpenS2SForConditionalGeneration(OpenS2SPreTrainedModel, GenerationMixin):
     def set_input_embeddings(self, value: nn.Module):
         self.language_model.set_input_embeddings(value)
 
-    def get_output_embeddings(self) -> nn.Module:
-        return self.language_model.get_output_embeddings()
-
-    def set_output_embeddings(self, new_embeddings: nn.Module):
-        self.language_model.set_output_embeddings(new_embeddings)
-
-    # ---------------------------------------------------------------- audio
     @can_return_tuple
     def get_audio_features(
         self, input_features: torch.Tensor, feature_attention_mask: torch.Tensor, **kwargs
@@ -426,6 +426,172 @@ class OpenS2SForConditionalGeneration(OpenS2SPreTrainedModel, GenerationMixin):
         inputs_embeds = embed_tokens(input_ids.masked_fill(mask, 0))
         return inputs_embeds.masked_scatter(mask.unsqueeze(-1), audio_frames.to(inputs_embeds.dtype))
 
+    @can_return_tuple
+    @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        input_features: torch.Tensor | None = None,
+        feature_attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        cache: Cache | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        use_cache: bool | None = None,
+        **kwargs,
+    ) -> BaseModelOutputWithPast:
+        r"""
+        Args:
+            input_ids (`torch.LongTensor` of shape `(batch_size, sequence_length)`):
+                LLM token ids; each audio is a run of `config.audio_token_id` with one position per adapter frame.
+            input_features (`torch.FloatTensor` of shape `(num_audios, num_mel_bins, 3000 * k)`, *optional*):
+                Log-mel features of all audios of the batch, in the order their placeholders appear.
+            feature_attention_mask (`torch.LongTensor` of shape `(num_audios, 3000 * k)`, *optional*):
+                1 on valid mel frames (100 per second).
+            cache (`Cache`, *optional*; `past_key_values` is the deprecated name):
+                The LLM's cache of the positions before `input_ids`.
+            kwargs: `output_hidden_states`, `output_attentions` and attention kwargs of the LLM; `return_dict`.
+
+        Returns:
+            The LLM base model's output: `last_hidden_state` `(batch_size, sequence_length, text_hidden_size)` after
+            its final norm, its cache, and the hidden states / attentions when asked for.
+        """
+        if inputs_embeds is None:
+            if input_ids is None:
+                raise ValueError("pass input_ids (or inputs_embeds)")
+            inputs_embeds = self.embed_inputs(input_ids, input_features, feature_attention_mask)
+        return self.language_model(
+            inputs_embeds=inputs_embeds,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            cache=cache,
+            use_cache=use_cache,
+            **kwargs,
+        )
+
+
+class OpenS2SForConditionalGeneration(OpenS2SPreTrainedModel, GenerationMixin):
+    """OpenS2S: hears speech, answers in text, and writes speech units for the answer.
+
+    `forward` computes the LLM logits and, when `speech_units` are given, the speech decoder's teacher-forced
+    logits in the original interleaved layout; `generate` (from [`GenerationMixin`]) produces text;
+    `stream` (see `streaming_opens2s.py`) produces text and speech together.
+    """
+
+    def __init__(self, config: OpenS2SConfig):
+        super().__init__(config)
+        self.model = OpenS2SModel(config)
+        self.lm_head = nn.Linear(config.text_config.hidden_size, config.text_config.vocab_size, bias=False)
+        if getattr(config.text_config, "tie_word_embeddings", False):
+            self._tied_weights_keys = {"lm_head.weight": "model.language_model.embed_tokens.weight"}
+        self.speech_decoder = AutoModelForCausalLM.from_config(config.speech_decoder_config)
+        decoder_dim = config.speech_decoder_config.hidden_size
+        # LLM hidden state -> speech decoder input (original `llm2tts` + `llm_ln`).
+        self.hidden_projection = nn.Linear(config.text_config.hidden_size, decoder_dim, bias=False)
+        self.hidden_norm = nn.LayerNorm(decoder_dim, eps=1e-5)
+        # Speaker embedding -> the decoder's first position (original `spk2tts` + `spk_ln`).
+        self.speaker_projection = nn.Linear(config.speaker_embedding_dim, decoder_dim, bias=False)
+        self.speaker_norm = nn.LayerNorm(decoder_dim, eps=1e-5)
+        self.post_init()
+
+    def adjust_generation_fn(
+        self, generation_config, from_auto_class, from_pipeline, pretrained_model_name_or_path, *args, **kwargs
+    ):
+        """`GenerationMixin.adjust_generation_fn`, except that a `generation_config.json` which exists but cannot be
+        read is an error (transformers would silently use the defaults: other ids, no `suppress_tokens`), and a
+        missing one is a warning saying what is assumed."""
+        if generation_config is None and pretrained_model_name_or_path is not None:
+            hub_kwargs = dict(zip(_ADJUST_GENERATION_ARGS, args, strict=False)) | kwargs
+            load_generation_config_file(
+                pretrained_model_name_or_path,
+                GENERATION_CONFIG_NAME,
+                f"the LLM decodes greedily until its EOS {self.config.text_config.eos_token_id}, without "
+                "suppress_tokens",
+                **hub_kwargs,
+            )
+        super().adjust_generation_fn(
+            generation_config, from_auto_class, from_pipeline, pretrained_model_name_or_path, *args, **kwargs
+        )
+
+    def get_input_embeddings(self) -> nn.Module:
+        return self.model.get_input_embeddings()
+
+    def set_input_embeddings(self, value: nn.Module):
+        self.model.set_input_embeddings(value)
+
+    def get_output_embeddings(self) -> nn.Module:
+        return self.lm_head
+
+    def set_output_embeddings(self, new_embeddings: nn.Module):
+        self.lm_head = new_embeddings
+
+    def get_decoder(self) -> nn.Module:
+        return self.model.language_model
+
+    def load_state_dict(self, state_dict, *args, **kwargs):
+        """`nn.Module.load_state_dict`, also taking the checkpoint key names that `save_pretrained` writes (see
+        `CHECKPOINT_KEY_PREFIXES`): `Trainer` resumes from a checkpoint folder through it."""
+        return super().load_state_dict({module_key(key): value for key, value in state_dict.items()}, *args, **kwargs)
+
+    # ---------------------------------------------------------------- the parts under their own names
+    @property
+    def audio_encoder(self) -> nn.Module:
+        """The audio encoder (`model.audio_encoder`)."""
+        return self.model.audio_encoder
+
+    @property
+    def audio_adapter(self) -> OpenS2SAudioAdapter:
+        """The adapter (`model.audio_adapter`)."""
+        return self.model.audio_adapter
+
+    @property
+    def language_model(self) -> PreTrainedModel:
+        """The LLM as a causal LM (a `Qwen3ForCausalLM` whose `model` is `model.language_model` and whose `lm_head` is
+        `lm_head`: the same modules, not copies), as the streaming engine drives it beside `speech_decoder`.
+
+        It is built once (on the meta device, then given this model's modules) and kept outside this model's modules,
+        so it adds nothing to the state dict; `lm_head` is re-read on every access (`set_output_embeddings`)."""
+        view = self.__dict__.get("_language_model_view")
+        if view is None:
+            with torch.device("meta"):
+                view = AutoModelForCausalLM.from_config(self.config.text_config)
+            self.__dict__["_language_model_view"] = view
+        view._modules["model"], view._modules["lm_head"] = self.model.language_model, self.lm_head
+        return view
+
+    def parts(self) -> dict[str, tuple[nn.Module, ...]]:
+        """The trainable parts by name (what training stages freeze and unfreeze): `audio_encoder`, `audio_adapter`,
+        `language_model` (the LLM and its head), `speech_decoder` and the four speech-head layers."""
+        parts = {
+            "audio_encoder": (self.model.audio_encoder,),
+            "audio_adapter": (self.model.audio_adapter,),
+            "language_model": (self.model.language_model, self.lm_head),
+        }
+        for name, child in self.named_children():
+            if name not in ("model", "lm_head"):
+                parts[name] = (child,)
+        return parts
+
+    # ---------------------------------------------------------------- audio (see `OpenS2SModel`)
+    def get_audio_features(
+        self, input_features: torch.Tensor, feature_attention_mask: torch.Tensor, **kwargs
+    ) -> OpenS2SAudioOutput:
+        """[`OpenS2SModel.get_audio_features`]."""
+        return self.model.get_audio_features(input_features, feature_attention_mask, **kwargs)
+
+    def get_placeholder_mask(self, input_ids: torch.LongTensor, num_audio_frames: int) -> torch.Tensor:
+        """[`OpenS2SModel.get_placeholder_mask`]."""
+        return self.model.get_placeholder_mask(input_ids, num_audio_frames)
+
+    def embed_inputs(
+        self,
+        input_ids: torch.LongTensor,
+        input_features: torch.Tensor | None = None,
+        feature_attention_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """[`OpenS2SModel.embed_inputs`]."""
+        return self.model.embed_inputs(input_ids, input_features, feature_attention_mask)
+
     # ---------------------------------------------------------------- speech decoder
     def project_hidden_states(self, hidden_states: torch.Tensor) -> torch.Tensor:
         """LLM hidden states -> speech decoder input rows (`hidden_norm(hidden_projection(h))`)."""
@@ -528,11 +694,10 @@ class OpenS2SForConditionalGeneration(OpenS2SPreTrainedModel, GenerationMixin):
                 the step's text targets (exact when the micro-batches have the same speech/text ratio).
             kwargs: `output_hidden_states`, `output_attentions` and attention kwargs of the LLM; `return_dict`.
         """
-        if inputs_embeds is None:
-            if input_ids is None:
-                raise ValueError("pass input_ids (or inputs_embeds)")
-            inputs_embeds = self.embed_inputs(input_ids, input_features, feature_attention_mask)
-        outputs = self.language_model.model(
+        outputs = self.model(
+            input_ids=input_ids,
+            input_features=input_features,
+            feature_attention_mask=feature_attention_mask,
             inputs_embeds=inputs_embeds,
             attention_mask=attention_mask,
             position_ids=position_ids,
@@ -543,7 +708,7 @@ class OpenS2SForConditionalGeneration(OpenS2SPreTrainedModel, GenerationMixin):
         last_hidden_state = outputs.last_hidden_state
         # logits_to_keep: 0 keeps every position, n > 0 the last n (generation), a tensor selects positions.
         kept = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
-        logits = self.language_model.lm_head(last_hidden_state[:, kept])
+        logits = self.lm_head(last_hidden_state[:, kept])
 
         text_loss = speech_loss = loss = None
         speech_logits = speech_attention_mask = speech_labels = None
@@ -765,3 +930,12 @@ class OpenS2SForConditionalGeneration(OpenS2SPreTrainedModel, GenerationMixin):
 
 
 OpenS2SForConditionalGeneration.register_for_auto_class("AutoModel")
+# Registered (not only declared) because transformers applies no conversion mapping to remote code otherwise.
+register_checkpoint_conversion_mapping(
+    OpenS2SForConditionalGeneration.__name__,
+    [
+        WeightRenaming(source_patterns=rf"^{old[:-1]}", target_patterns=new[:-1])
+        for old, new in CHECKPOINT_KEY_PREFIXES
+    ],
+    overwrite=True,
+)

@@ -2,10 +2,11 @@
 
 import pytest
 import torch
+from safetensors.torch import load_file
 
 from opens2s.modeling_opens2s.audio_lengths_opens2s import audio_embedding_lengths
 from opens2s.modeling_opens2s.configuration_opens2s import OpenS2SConfig, parse_interleave_strategy
-from opens2s.modeling_opens2s.modeling_opens2s import OpenS2SForConditionalGeneration
+from opens2s.modeling_opens2s.modeling_opens2s import OpenS2SForConditionalGeneration, OpenS2SModel
 
 
 AUDIO_TOKEN_ID = 60  # last id of the 61-token tiny text vocabulary
@@ -248,3 +249,43 @@ def test_save_and_load_round_trip(model, tester, tmp_path, dtype):
     with torch.no_grad():
         logits = reloaded(**inputs).logits
     assert logits.dtype == dtype and torch.isfinite(logits.float()).all()
+
+
+# ---------------------------------------------------------------- base model and checkpoint layout
+def test_base_model_is_the_backbone_without_heads(model, tester):
+    assert isinstance(model.base_model, OpenS2SModel) and model.base_model is model.model
+    assert model.get_decoder() is model.model.language_model and model.get_output_embeddings() is model.lm_head
+    inputs = tester.inputs([1.0, 2.0], audios_per_row=[1, 1])
+    with torch.no_grad():
+        hidden = model.model(**inputs).last_hidden_state
+        output = model(**inputs)
+    torch.testing.assert_close(output.last_hidden_state, hidden, atol=0, rtol=0)
+    torch.testing.assert_close(output.logits, model.lm_head(hidden), atol=0, rtol=0)
+
+
+def test_language_model_is_the_llm_as_a_causal_lm_of_the_same_modules(model):
+    causal_lm = model.language_model
+    assert causal_lm.model is model.model.language_model and causal_lm.lm_head is model.lm_head
+    assert model.language_model is causal_lm  # one object: the engine keeps state on it
+    assert model.audio_encoder is model.model.audio_encoder and model.audio_adapter is model.model.audio_adapter
+    assert not any(name.startswith("_language_model_view") for name in model.state_dict())
+
+
+def test_checkpoints_keep_the_names_of_earlier_versions(model, tmp_path):
+    """Saved keys are those of folders written before `OpenS2SModel` (the LLM as `language_model.model.*` and
+    `language_model.lm_head.*`, the audio parts at the top): older code reads new folders and this code old ones."""
+    model.save_pretrained(tmp_path / "new")
+    keys = set(load_file(tmp_path / "new" / "model.safetensors"))
+    assert "language_model.lm_head.weight" in keys and "language_model.model.embed_tokens.weight" in keys
+    assert "audio_adapter.fc1.weight" in keys and "audio_encoder.conv1.weight" in keys
+    assert not any(key.startswith(("model.", "lm_head.")) for key in keys)
+    # A folder with those keys loads into the new layout, every weight in place.
+    reloaded, info = OpenS2SForConditionalGeneration.from_pretrained(tmp_path / "new", output_loading_info=True)
+    assert not info["missing_keys"] and not info["unexpected_keys"]
+    for name, tensor in model.state_dict().items():
+        torch.testing.assert_close(reloaded.state_dict()[name], tensor, atol=0, rtol=0)
+    # `Trainer` resumes with `load_state_dict` on the saved keys.
+    fresh = OpenS2SForConditionalGeneration(model.config)
+    result = fresh.load_state_dict(load_file(tmp_path / "new" / "model.safetensors"))
+    assert not result.missing_keys and not result.unexpected_keys
+    torch.testing.assert_close(fresh.lm_head.weight, model.lm_head.weight, atol=0, rtol=0)

@@ -76,7 +76,7 @@ def test_batch_matches_original_collator(reference):
 def test_audio_encoder_and_adapter(reference):
     model, batch, ref = reference["model"], reference["batch"], reference["ref"]
     with torch.no_grad():
-        encoded = model._encode_audio_windows(batch["input_features"], batch["feature_attention_mask"])
+        encoded = model.model._encode_audio_windows(batch["input_features"], batch["feature_attention_mask"])
         audio = model.get_audio_features(batch["input_features"], batch["feature_attention_mask"])
     states, lengths = encoded.last_hidden_state, encoded.audio_lengths
     adapted, adapted_lengths = audio.pooler_output, audio.audio_lengths

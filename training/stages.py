@@ -49,9 +49,11 @@ class StagePreset:
         name (`str`): the key in [`STAGE_PRESETS`] (the value of `--stage`).
         paper_stage (`str`): the stage of the paper's section 2.2 it implements.
         description (`str`): one line for logs and `--help`.
-        trainable (`tuple[str, ...]`): top-level children of the model whose parameters train; the rest is frozen.
+        trainable (`tuple[str, ...]`):
+            Parts of the model (see [`OpenS2SForConditionalGeneration.parts`]) whose parameters train; the rest is
+            frozen.
         model_part (`str`, *optional*):
-            Child the trainer trains *on its own* (its own forward and loss, its own checkpoints); `None` trains the
+            Part the trainer trains *on its own* (its own forward and loss, its own checkpoints); `None` trains the
             whole model through [`OpenS2SForConditionalGeneration.forward`].
         row_format (`str`, *optional*, defaults to `"conversation"`):
             `"conversation"` (rows of messages, [`OpenS2SDataCollator`]) or `"text_to_units"` (rows of text and the
@@ -117,35 +119,36 @@ def get_stage(name: str) -> StagePreset:
 
 def apply_stage(model: "nn.Module", preset: StagePreset) -> "nn.Module":
     """Freeze every parameter of `model` outside `preset.trainable`, unfreeze the rest, and return the module the
-    trainer trains: `model` itself, or its `preset.model_part` child (the speech decoder in stage 2a).
+    trainer trains: `model` itself, or its `preset.model_part` part (the speech decoder in stage 2a).
 
     The module returned shares its parameters with `model`, so training it updates `model` in place.
     """
-    children = dict(model.named_children())
-    unknown = [part for part in (*preset.trainable, preset.model_part or ()) if part and part not in children]
+    parts = model.parts()
+    unknown = [part for part in (*preset.trainable, preset.model_part or ()) if part and part not in parts]
     if unknown:
-        raise ValueError(f"stage {preset.name!r} names parts the model lacks: {unknown}; it has {list(children)}")
-    for name, child in children.items():
-        child.requires_grad_(name in preset.trainable)
-    for parameter in model.parameters(recurse=False):
-        parameter.requires_grad_(False)
+        raise ValueError(f"stage {preset.name!r} names parts the model lacks: {unknown}; it has {list(parts)}")
+    model.requires_grad_(False)
+    for name in preset.trainable:
+        for module in parts[name]:
+            module.requires_grad_(True)
     counts = trainable_parts(model)
     summary = ", ".join(f"{part} {trained:,}/{total:,}" for part, (trained, total) in counts.items())
     logger.info(
         "Stage %s (paper stage %s): trainable parameters per part: %s", preset.name, preset.paper_stage, summary
     )
-    return children[preset.model_part] if preset.model_part else model
+    if preset.model_part is None:
+        return model
+    (part,) = parts[preset.model_part]
+    return part
 
 
 def trainable_parts(model: "nn.Module") -> dict[str, tuple[int, int]]:
-    """`{child name: (trainable parameters, all parameters)}` for every top-level child of `model`."""
-    return {
-        name: (
-            sum(p.numel() for p in child.parameters() if p.requires_grad),
-            sum(p.numel() for p in child.parameters()),
-        )
-        for name, child in model.named_children()
-    }
+    """`{part name: (trainable parameters, all parameters)}` for every part of `model` (`model.parts()`)."""
+    counts = {}
+    for name, modules in model.parts().items():
+        parameters = [p for module in modules for p in module.parameters()]
+        counts[name] = (sum(p.numel() for p in parameters if p.requires_grad), sum(p.numel() for p in parameters))
+    return counts
 
 
 def build_lora_config(
@@ -158,9 +161,10 @@ def build_lora_config(
     """A `peft.LoraConfig` that puts LoRA on the LLM only and trains the stage's other parts fully.
 
     LoRA goes on the LLM's `target_modules` (default [`DEFAULT_LORA_TARGET_MODULES`]), matched with a regular
-    expression under `language_model.` so that the speech decoder's layers of the same names stay out. The stage's
-    other trainable parts go to `modules_to_save`: the adapter file then holds everything the stage trained, and
-    `merge_and_unload()` gives a complete model. Only stages that train the LLM accept LoRA.
+    expression under `language_model.` (the LLM is `model.language_model`) so that the speech decoder's layers of the
+    same names stay out. The stage's other trainable parts go to `modules_to_save`: the adapter file then holds
+    everything the stage trained, and `merge_and_unload()` gives a complete model. Only stages that train the LLM
+    accept LoRA.
     """
     from peft import LoraConfig
 
@@ -173,7 +177,7 @@ def build_lora_config(
         r=r,
         lora_alpha=lora_alpha,
         lora_dropout=lora_dropout,
-        target_modules=rf"{LLM_PART}\..*\.({names})",
+        target_modules=rf"(.*\.)?{LLM_PART}\..*\.({names})",
         modules_to_save=[part for part in preset.trainable if part != LLM_PART],
         bias="none",
     )
