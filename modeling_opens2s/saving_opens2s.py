@@ -138,6 +138,15 @@ def _copy_processor(model, folder: Path) -> None:
             shutil.copyfile(source / name, folder / name)
     if (source / UNIT_TOKENIZER_SUBFOLDER).is_dir():
         shutil.copytree(source / UNIT_TOKENIZER_SUBFOLDER, folder / UNIT_TOKENIZER_SUBFOLDER, dirs_exist_ok=True)
+    # The processor's own code (`processor_config.json`'s auto_map points at it), from the classes running now, as
+    # `ProcessorMixin.save_pretrained` would write it.
+    from transformers.dynamic_module_utils import custom_object_save
+
+    from .feature_extraction_opens2s import OpenS2SFeatureExtractor
+    from .processing_opens2s import OpenS2SProcessor
+
+    for processor_class in (OpenS2SProcessor, OpenS2SFeatureExtractor):
+        custom_object_save(processor_class, folder)
 
 
 def save_speech_parts(model, folder: str | Path) -> None:
