@@ -16,8 +16,8 @@ _import_structure = {
     ],
     "feature_extraction_opens2s": ["OpenS2SFeatureExtractor"],
     "processing_opens2s": ["OpenS2SProcessor"],
-    "streaming_opens2s": ["AudioChunk", "Done", "SpeechUnits", "TextDelta", "stream"],
-    "engine_opens2s": ["Conversation", "EngineFull", "OpenS2SEngine"],
+    "streaming_opens2s": ["AudioChunk", "Done", "SpeechUnits", "TextDelta"],
+    "engine_opens2s": ["Conversation", "EngineFull", "OpenS2SEngine", "stream"],
     "configuration_speech_tokenizer": ["OpenS2SSpeechTokenizerConfig"],
     "modeling_speech_tokenizer": ["OpenS2SSpeechTokenizer", "OpenS2SSpeechTokenizerOutput"],
     "configuration_token2wav": [
@@ -36,7 +36,7 @@ if TYPE_CHECKING:
         OpenS2SToken2WavFlowConfig,
         OpenS2SToken2WavHiFTConfig,
     )
-    from .engine_opens2s import Conversation, EngineFull, OpenS2SEngine
+    from .engine_opens2s import Conversation, EngineFull, OpenS2SEngine, stream
     from .feature_extraction_opens2s import OpenS2SFeatureExtractor
     from .modeling_opens2s import (
         OpenS2SForConditionalGeneration,
@@ -47,7 +47,7 @@ if TYPE_CHECKING:
     from .modeling_speech_tokenizer import OpenS2SSpeechTokenizer, OpenS2SSpeechTokenizerOutput
     from .modeling_token2wav import OpenS2SToken2Wav, Token2WavOutput
     from .processing_opens2s import OpenS2SProcessor
-    from .streaming_opens2s import AudioChunk, Done, SpeechUnits, TextDelta, stream
+    from .streaming_opens2s import AudioChunk, Done, SpeechUnits, TextDelta
 else:
     import sys
 

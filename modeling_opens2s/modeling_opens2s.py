@@ -24,10 +24,10 @@ from transformers.utils.deprecation import deprecate_kwarg
 from .audio_lengths_opens2s import adapter_output_lengths, encoder_output_lengths
 from .configuration_opens2s import OpenS2SConfig
 from .engine_opens2s import OpenS2SEngine, split_batch
+from .engine_opens2s import stream as stream_events
 from .interleave_opens2s import IGNORE_INDEX, build_interleaved_rows, find_speech_spans
 from .saving_opens2s import TOKEN2WAV_SUBFOLDER, publish_folder, save_speech_parts, staging_folder
 from .streaming_opens2s import load_generation_config_file
-from .streaming_opens2s import stream as stream_events
 
 
 if TYPE_CHECKING:
@@ -756,7 +756,7 @@ class OpenS2SForConditionalGeneration(OpenS2SPreTrainedModel, GenerationMixin):
 
     def stream(self, **kwargs):
         """Generate text, speech units and (with a token2wav decoder) audio together as an iterator of events
-        (`TextDelta`, `SpeechUnits`, `AudioChunk`, `Done`); see `streaming_opens2s.stream` for the arguments, e.g.
+        (`TextDelta`, `SpeechUnits`, `AudioChunk`, `Done`); see `engine_opens2s.stream` for the arguments, e.g.
         `model.stream(**inputs, processor=processor)`."""
         return stream_events(self, **kwargs)
 

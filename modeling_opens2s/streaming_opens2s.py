@@ -63,7 +63,6 @@ __all__ = [
     "check_speaker_embedding",
     "check_stream_inputs",
     "load_generation_config_file",
-    "stream",
     "speech_generation_config_of",
     "unit_token_range",
 ]
@@ -856,74 +855,3 @@ def new_conversation(
         sample_rate=token2wav.sampling_rate if token2wav else None,
     )
     return interleaver.run(input_ids, input_features, feature_attention_mask), interleaver
-
-
-def stream(model, input_ids: torch.LongTensor, compile: bool = False, **kwargs):
-    r"""
-    Generate the spoken answer to a prompt as a stream of events: [`TextDelta`] per text token, [`SpeechUnits`] per
-    speech decoder token, ([`AudioChunk`] once a vocoder is attached,) and a final [`Done`].
-
-    Args:
-        model ([`OpenS2SForConditionalGeneration`]): the model.
-        input_ids (`torch.LongTensor` of shape `(1, prompt_length)`):
-            The prompt from `processor.apply_chat_template(..., add_generation_prompt=True)`; it should end in
-            `<|im_tts_start|>`, whose hidden state is the decoder's first row. Batch size 1 only (many conversations
-            at once: `OpenS2SEngine` in `engine_opens2s.py`, or `generate` on a batch).
-        input_features (`torch.FloatTensor` of shape `(num_audios, num_mel_bins, 3000 * k)`, *optional*):
-            Log-mel features of the prompt's audios.
-        feature_attention_mask (`torch.LongTensor` of shape `(num_audios, 3000 * k)`, *optional*): valid mel frames.
-        attention_mask (`torch.LongTensor` of shape `(1, prompt_length)`, *optional*): 0 on left padding.
-        generation_config ([`GenerationConfig`], *optional*):
-            The LLM's: `max_new_tokens` (text budget, 512 when unset), `eos_token_id` (int or list), `do_sample`,
-            `temperature`, `top_k`, `top_p`, `min_p`, `repetition_penalty`, `suppress_tokens`. Defaults to
-            `model.generation_config`.
-        speech_generation_config ([`GenerationConfig`], *optional*):
-            The speech decoder's, same fields (`max_new_tokens` = speech budget). Defaults to
-            `model.speech_generation_config`, else the model folder's `speech_generation_config.json`.
-        max_new_tokens (`int`, *optional*): the text budget, instead of `generation_config.max_new_tokens`.
-        speech_max_new_tokens (`int`, *optional*): the speech budget, instead of
-            `speech_generation_config.max_new_tokens`.
-        speaker_embedding (`torch.FloatTensor` of shape `(speaker_embedding_dim,)`, *optional*):
-            Voice of the answer, projected into the decoder's first position; `None` means zeros (what the original
-            always used).
-        processor ([`OpenS2SProcessor`], *optional*): gives the tokenizer (for `TextDelta.text`) and the unit
-            vocabulary (for `SpeechUnits.units`). `tokenizer` / `unit_tokenizer` override either part.
-        generator (`torch.Generator`, *optional*): random source for sampling, on the model's device.
-        text_logits_processor / speech_logits_processor ([`LogitsProcessorList`], *optional*):
-            Extra processors, applied after those built from the generation configs and before the sampling warpers.
-        skip_special_tokens (`bool`, *optional*, defaults to `True`): leave special tokens out of `TextDelta.text`.
-        output_conditioning (`bool`, *optional*, defaults to `False`): put the decoder's conditioning rows in
-            `Done.stats.conditioning`.
-        token2wav ([`OpenS2SToken2Wav`] or `False`, *optional*):
-            The unit-to-speech decoder that turns units into [`AudioChunk`]s; defaults to the one attached with
-            `model.attach_token2wav()`. `False` (or none attached) streams units only. Needs the unit vocabulary
-            (`processor` or `unit_tokenizer`).
-        token2wav_mode (`str`, *optional*, defaults to `"blocks"`): its streaming schedule (see
-            `OpenS2SToken2Wav.start_stream`); `"original"` reproduces OpenS2S's 24-unit loop.
-        token2wav_speaker_embedding (`torch.FloatTensor` of shape `(1, 192)`, *optional*): its x-vector voice.
-        token2wav_generator (`torch.Generator`, *optional*): its random source (`"blocks"` mode).
-        seed (`int`, *optional*): seeds `generator` (on the model's device) and `token2wav_generator` when they are
-            not given, so a sampled answer is reproducible whatever runs beside it.
-        compile (`bool`, *optional*, defaults to `False`): the fast path: static key/value caches and compiled
-            single-position steps (see `OpenS2SEngine`); the first call of a shape compiles (counted in
-            `Done.stats.stage_seconds["compile"]`), later calls reuse it. Same greedy ids as the eager path.
-        kwargs: standard generation arguments (`do_sample`, `temperature`, `top_k`, `top_p`, `min_p`,
-            `repetition_penalty`, `suppress_tokens`, `eos_token_id`, any [`GenerationConfig`] field) update a copy of
-            `generation_config` for the LLM; the same names prefixed `speech_` (`speech_do_sample`, ...) update a copy
-            of `speech_generation_config`. What the speech path cannot do (`num_beams > 1`, `assistant_model`,
-            contrastive search, ...) raises a `ValueError` that points at `generate(return_speech=False)`.
-
-    Repetition penalties look at the ids this stream generated (per LM), not at the prompt.
-
-    Yields:
-        [`TextDelta`], [`SpeechUnits`], [`AudioChunk`] and, last, [`Done`].
-    """
-    # One engine with one conversation: the same loop that serves many conversations at once.
-    from .engine_opens2s import OpenS2SEngine
-
-    engine = OpenS2SEngine(model, max_active=1, max_queued=0, compile=compile)
-    conversation = engine.submit({"input_ids": input_ids}, **kwargs)
-    try:
-        yield from conversation
-    finally:
-        conversation.cancel()  # a consumer that stops early frees the caches at once
