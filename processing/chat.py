@@ -18,6 +18,7 @@ __all__ = [
     "chat_inputs",
     "conversation_inputs",
     "load_speech_model",
+    "resolve_device_and_dtype",
     "seeded_stream_kwargs",
     "stream_reply",
 ]
@@ -28,6 +29,15 @@ logger = logging.get_logger(__name__)
 EXAMPLE_WAV = Path(__file__).parent / "assets" / "example.wav"
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def resolve_device_and_dtype(device: str, dtype: str) -> tuple[str, str]:
+    """`"auto"` device: CUDA when available, else CPU; `"auto"` dtype: bfloat16 on CUDA, float32 elsewhere."""
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if dtype == "auto":
+        dtype = "bfloat16" if torch.device(device).type == "cuda" else "float32"
+    return device, dtype
 
 
 class SpeechModel:

@@ -53,16 +53,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_loading_arguments(parser)
 
 
-def _device_and_dtype(device: str, dtype: str) -> tuple[str, str]:
-    import torch
-
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    if dtype == "auto":
-        dtype = "bfloat16" if torch.device(device).type == "cuda" else "float32"
-    return device, dtype
-
-
 def server_options(args: argparse.Namespace) -> dict:
     """The plain options of [`build_server`] from parsed arguments (what a Ray replica is built from)."""
     return {
@@ -101,12 +91,12 @@ def build_server(
     loads with the installed classes unless `trust_remote_code`, checked against its checksums when `verify`."""
     import torch
 
-    from opens2s.processing.chat import load_speech_model
+    from opens2s.processing.chat import load_speech_model, resolve_device_and_dtype
     from opens2s.serving.server import OpenS2SServer, ServerLimits, load_voices
 
     if threads is not None:
         torch.set_num_threads(threads)
-    device, dtype = _device_and_dtype(device, dtype)
+    device, dtype = resolve_device_and_dtype(device, dtype)
     speech_model = load_speech_model(
         model, device=device, dtype=dtype, trust_remote_code=trust_remote_code, verify=verify
     )

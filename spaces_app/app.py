@@ -47,7 +47,13 @@ import numpy as np
 import torch
 
 from opens2s.processing.audio_io import load_audio
-from opens2s.processing.chat import SpeechModel, conversation_inputs, load_speech_model, seeded_stream_kwargs
+from opens2s.processing.chat import (
+    SpeechModel,
+    conversation_inputs,
+    load_speech_model,
+    resolve_device_and_dtype,
+    seeded_stream_kwargs,
+)
 from opens2s.processing.voices import find_speakers, load_voice
 
 
@@ -461,14 +467,6 @@ def build_demo(
     return demo
 
 
-def _device_and_dtype(device: str, dtype: str) -> tuple[str, str]:
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    if dtype == "auto":
-        dtype = "bfloat16" if torch.device(device).type == "cuda" else "float32"
-    return device, dtype
-
-
 def serve(demo: gr.Blocks, space: OpenS2SSpace, **launch_kwargs):
     """`demo.launch(...)` with the app's upload limit (`space.max_file_size`: Gradio refuses a larger upload with
     HTTP 413 before storing it) and the bundled example question served; `launch_kwargs` go to `launch`."""
@@ -483,7 +481,7 @@ def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     if args.threads is not None:
         torch.set_num_threads(args.threads)
-    device, dtype = _device_and_dtype(args.device, args.dtype)
+    device, dtype = resolve_device_and_dtype(args.device, args.dtype)
     logger.info("loading %s on %s (%s)", args.model or "the tiny random model", device, dtype)
     speech_model = load_speech_model(
         args.model,

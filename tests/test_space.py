@@ -453,10 +453,13 @@ def test_gpu_decorator_uses_spaces_only_when_present(monkeypatch):
 
 @pytest.mark.parametrize("cuda, expected", [(True, ("cuda", "bfloat16")), (False, ("cpu", "float32"))])
 def test_auto_device_is_bf16_on_cuda(monkeypatch, cuda, expected):
+    """The Space and the server resolve `auto` with the one shared helper."""
+    from opens2s.processing.chat import resolve_device_and_dtype
+
     monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
-    assert space_app._device_and_dtype("auto", "auto") == expected
-    assert space_app._device_and_dtype("cpu", "auto") == ("cpu", "float32")
-    assert space_app._device_and_dtype("cuda:1", "float16") == ("cuda:1", "float16")
+    assert resolve_device_and_dtype("auto", "auto") == expected
+    assert resolve_device_and_dtype("cpu", "auto") == ("cpu", "float32")
+    assert resolve_device_and_dtype("cuda:1", "float16") == ("cuda:1", "float16")
 
 
 def test_the_space_command_line(capsys):
