@@ -141,16 +141,13 @@ class WhisperASR:
 
     def __call__(self, waveforms: list[np.ndarray], sampling_rate: int, language: str | None = None) -> list[str]:
         """One transcript per waveform (mono float32 at `sampling_rate` Hz); `language` forced when given."""
-        import soxr
+        from opens2s.processing.audio_io import resample
 
         if not waveforms:
             return []
         asr = self.pipeline
         target_rate = asr.feature_extractor.sampling_rate
-        inputs = [
-            np.asarray(soxr.resample(w, sampling_rate, target_rate) if sampling_rate != target_rate else w, np.float32)
-            for w in waveforms
-        ]
+        inputs = [np.asarray(resample(w, sampling_rate, target_rate), np.float32) for w in waveforms]
         generate_kwargs = {}
         if language is not None and getattr(asr.model.generation_config, "lang_to_id", None):
             generate_kwargs = {"language": language, "task": "transcribe"}
@@ -192,13 +189,12 @@ class ParaformerASR:
 
     def __call__(self, waveforms: list[np.ndarray], sampling_rate: int, language: str | None = "zh") -> list[str]:
         """One transcript per waveform (mono float32 at `sampling_rate` Hz)."""
-        import soxr
+        from opens2s.processing.audio_io import resample
 
         model = self.load()._model
         transcripts = []
         for waveform in waveforms:
-            if sampling_rate != self.SAMPLING_RATE:
-                waveform = soxr.resample(waveform, sampling_rate, self.SAMPLING_RATE)
+            waveform = resample(waveform, sampling_rate, self.SAMPLING_RATE)
             result = model.generate(input=np.asarray(waveform, dtype=np.float32))
             transcripts.append(result[0]["text"].strip())
         return transcripts

@@ -125,7 +125,7 @@ class RealtimeSession:
 
     def _decode_pcm(self, data: str) -> np.ndarray:
         """Base64 pcm16 at the session's input rate as float32 at the model's input rate (16 kHz)."""
-        import soxr
+        from opens2s.processing.audio_io import resample
 
         try:
             raw = base64.b64decode(data, validate=True)
@@ -133,9 +133,7 @@ class RealtimeSession:
             raise APIError(400, "audio is not valid base64", code="invalid_audio") from None
         samples = np.frombuffer(raw[: len(raw) // 2 * 2], dtype="<i2").astype(np.float32) / 32768.0
         rate = int(self.session["input_audio_sample_rate"])
-        if rate != self.server.input_rate and samples.size:
-            samples = soxr.resample(samples, rate, self.server.input_rate).astype(np.float32)
-        return samples
+        return resample(samples, rate, self.server.input_rate) if samples.size else samples
 
     # ------------------------------------------------------------------ client events
     async def on_session_update(self, event: dict) -> None:
