@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from opens2s.processing.audio_io import load_audio
+from opens2s.processing.audio_io import AudioError, load_audio
 
 
 __all__ = [
@@ -118,27 +118,17 @@ def decode_audio(data: str, audio_format: str | None, max_seconds: float, sampli
         [`APIError`] 400: not base64, an unsupported format, a file soundfile cannot read, longer than
             `max_seconds`, empty, or holding NaN/Inf samples.
     """
-    import soundfile
-
     if audio_format is not None and audio_format not in INPUT_FORMATS:
         raise APIError(400, f"input_audio format must be one of {INPUT_FORMATS}", code="invalid_audio_format")
     try:
         raw = base64.b64decode(data, validate=True)
     except (binascii.Error, ValueError, TypeError):
         raise APIError(400, "input_audio.data is not valid base64", code="invalid_audio", param="messages") from None
-    try:  # the header alone says how long the audio is: refuse before decoding the samples
-        info = soundfile.info(io.BytesIO(raw))
-    except (RuntimeError, soundfile.LibsndfileError) as error:
-        raise APIError(400, f"input_audio cannot be read: {error}", code="invalid_audio", param="messages") from None
-    if info.duration > max_seconds:
-        raise APIError(
-            400,
-            f"input audio is {info.duration:.1f} s long; this server accepts up to {max_seconds:g} s",
-            code="audio_too_long",
-            param="messages",
-        )
-    try:
-        return load_audio(io.BytesIO(raw), sampling_rate=sampling_rate)
+    try:  # load_audio reads the length from the header and refuses a long file before decoding its samples
+        return load_audio(raw, target_sampling_rate=sampling_rate, max_seconds=max_seconds)
+    except AudioError as error:
+        code = "audio_too_long" if error.reason == "audio too long" else "invalid_audio"
+        raise APIError(400, f"input_audio: {error}", code=code, param="messages") from None
     except ValueError as error:
         raise APIError(400, f"input_audio: {error}", code="invalid_audio", param="messages") from None
 
