@@ -4,34 +4,34 @@ One loop serves every active conversation. Each conversation runs its own schedu
 `streaming_opens2s.py`: its M:N interleave, budgets, stop reasons, sampling settings, generator, speaker slot and
 token2wav session), written as a generator that yields events for its caller and forward requests for the engine.
 One [`OpenS2SEngine.step`] resumes every active conversation until it asks for its next forward, then runs those
-forwards together, one batch per LM, and hands each conversation its own hidden states and logits back. Conversations
-join and leave between steps; rows in different phases (prefill, text chunk, speech chunk, flush) simply ask
-different LMs, or the same LM for a different number of positions. A step need not run every request: an LM's
-single-position step costs about the same for 1 row as for 8, so only the largest such group runs (with those of
-conversations still before their first unit, and any that waited `_MAX_WAIT_STEPS`), and the others wait until the
-rest reach their phase (see [`OpenS2SEngine._choose`]). Waiting changes when a row runs, never what it computes.
+forwards together, one forward per LM, and hands each conversation its own hidden states and logits back.
+Conversations join and leave between steps; rows in different phases (prefill, text chunk, speech chunk, flush) simply
+ask different LMs, or the same LM for a different number of positions: the feeds of one LM are packed into one
+sequence whatever their lengths. A step need not run every LM: an LM's step costs about the same for 1 feed as for 8,
+so of the forwards holding single positions only, the largest runs (with those of conversations still before their
+first unit, and any that waited `_MAX_WAIT_STEPS`), and the others wait until the rest reach their phase (see
+[`OpenS2SEngine._choose`]). Waiting changes when a row runs, never what it computes.
 
-How a batch keeps each conversation's greedy ids exactly those of a solo run:
+How a packed forward keeps each conversation's greedy ids exactly those of a solo run:
 
-- Every conversation keeps its own `DynamicCache` per LM, of its own length. A batched forward stacks only the new
-  positions; the weight-heavy parts (projections, MLP, LM head) run on the stacked rows, and attention runs row by
-  row against that row's own cache with transformers' own attention function and mask, exactly as a batch of one.
-  No padding, no mask over other rows' lengths: a row's attention is the same arithmetic alone or in a batch.
+- Every conversation keeps its own `DynamicCache` per LM, of its own length. A packed forward puts only the new
+  positions of its feeds one after another; the weight-heavy parts (projections, MLP, LM head) and the per-position
+  ones (norms, rotary) run on all of them at once, and attention runs feed by feed against that feed's own cache with
+  transformers' own attention function and mask, exactly as a forward of that feed alone. No padding between feeds,
+  no mask over other feeds' lengths: a feed's attention is the same arithmetic alone or packed.
 - A float32 GEMM does not compute a row alike for every number of rows: MKL/oneDNN on x86 (and cuBLAS) pick another
   kernel, with another summation order, for very few rows (measured here: rows differ by ~1e-6 between 1-3 rows and
-  >= 4 rows, and are identical for any count >= 4 and any place of the row in the batch). So single-position forwards
-  are padded with zero rows to at least `MIN_GEMM_ROWS` rows, alone too: a conversation's arithmetic does not depend
-  on how many neighbours it has. Multi-position forwards (a prompt, a speech chunk's head and rows) of one LM with
-  the same number of new positions run as one batch when that number is at least `MIN_GEMM_ROWS` (each GEMM then
-  has that many rows alone too: speech-chunk heads of conversations in step are often alike); shorter ones run one
-  conversation at a time, in a solo run as in a batch.
+  >= 4 rows, and are identical for any count >= 4 and any place of the row in the GEMM). So every forward is padded
+  with zero positions to at least `MIN_GEMM_ROWS`, alone too: a conversation's arithmetic does not depend on how
+  many neighbours it has or how many positions they feed.
 - Sampling uses each conversation's own generator, so seeded answers do not depend on the neighbours either.
 
 `model.stream` and `model.generate` are this engine with one conversation.
 
 Several engines may share one model from several threads (two `model.stream` calls at once, say): the forwards of
-one model take turns under one lock per model ([`_forward_lock`]), because a forward routes its LM config's attention
-through [`_row_attention`] for its duration (shared state of the model) and the fast path's pools belong to the model.
+one model take turns under one lock per model ([`_forward_lock`]), because a forward routes its LM config's
+attention through [`_packed_attention`] for its duration (shared state of the model) and the fast path's pools belong
+to the model.
 Between forwards, every engine advances its own conversations (sampling, token2wav) concurrently.
 
 The fast path (`compile=True`, [`_FastPath`]): each LM keeps one preallocated key/value pool of fixed shape for all
@@ -86,7 +86,7 @@ def _pad_rows(tensor: torch.Tensor, rows: int) -> torch.Tensor:
 
 
 def _row_masks(model, feeds: list[_Feed], inputs: list[torch.Tensor], positions: list) -> dict[str, list]:
-    """Per layer type, every row's attention mask, built as the LM's own forward builds it for a batch of one."""
+    """Per layer type, every feed's attention mask, built as the LM's own forward builds it for a batch of one."""
     masks: dict[str, list] = {"full_attention": []}
     if getattr(model, "has_sliding_layers", False):
         masks["sliding_attention"] = []
@@ -104,17 +104,18 @@ def _row_masks(model, feeds: list[_Feed], inputs: list[torch.Tensor], positions:
     return masks
 
 
-class _RowCaches:
-    """The caches of the rows of one batched forward, one `DynamicCache` each (of its own length). `update` appends
-    each row's new keys/values to its own cache and returns per-row lists, which [`_row_attention`] reads."""
+class _PackedCaches:
+    """The caches of the feeds packed into one forward, one `DynamicCache` each (of its own length). The forward's
+    new positions are the feeds' positions one after another (`spans`: `(start, end)` of each feed); `update`
+    appends each feed's keys/values to its own cache and returns per-feed lists, which [`_packed_attention`] reads."""
 
-    def __init__(self, caches: list):
-        self.caches = caches
+    def __init__(self, caches: list, spans: list[tuple[int, int]]):
+        self.caches, self.spans = caches, spans
 
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, layer_idx: int, *args, **kwargs):
         keys, values = [], []
-        for row, cache in enumerate(self.caches):
-            key, value = cache.update(key_states[row : row + 1], value_states[row : row + 1], layer_idx)
+        for (start, end), cache in zip(self.spans, self.caches, strict=True):
+            key, value = cache.update(key_states[:, :, start:end], value_states[:, :, start:end], layer_idx)
             keys.append(key)
             values.append(value)
         return keys, values
@@ -136,79 +137,85 @@ def _forward_lock(model) -> threading.RLock:
         return lock
 
 
-# Attention implementation of each LM config while its rows run through `_row_attention`.
-_ROW_ATTENTION = "opens2s_rows"
-_row_attention_inner: dict[int, str] = {}
+# Attention implementation of each LM config while its packed feeds run through `_packed_attention`.
+_PACKED_ATTENTION = "opens2s_packed"
+_packed_attention_inner: dict[int, str] = {}
 
 
-def _row_attention(module, query: torch.Tensor, key, value, attention_mask, **kwargs):
-    """Attention of stacked rows, one row at a time against its own cache with the LM's own attention function and
-    mask: the same call, on the same tensors, as a batch of one. Padding rows get zeros."""
-    inner = ALL_ATTENTION_FUNCTIONS.get_interface(_row_attention_inner.get(id(module.config), "sdpa"), None)
+def _packed_attention(module, query: torch.Tensor, key, value, attention_mask, packed_spans=None, **kwargs):
+    """Attention of packed feeds, one feed at a time against its own cache with the LM's own attention function and
+    mask: the same call, on the same tensors, as a forward of that feed alone. Padding positions get zeros."""
+    inner = ALL_ATTENTION_FUNCTIONS.get_interface(_packed_attention_inner.get(id(module.config), "sdpa"), None)
     if inner is None:
         inner = eager_attention_forward
-    if isinstance(key, torch.Tensor):  # a forward from outside the engine while it runs: no rows to split
+    if packed_spans is None:  # a forward from outside the engine while it runs: nothing packed
         return inner(module, query, key, value, attention_mask, **kwargs)
     outputs = [
-        inner(module, query[row : row + 1], key[row], value[row], attention_mask[row], **kwargs)[0]
-        for row in range(len(key))
+        inner(module, query[:, :, start:end], key[index], value[index], attention_mask[index], **kwargs)[0]
+        for index, (start, end) in enumerate(packed_spans)
     ]
-    return _pad_rows(torch.cat(outputs), query.shape[0]), None
+    padding = query.shape[2] - packed_spans[-1][1]
+    if padding:
+        outputs.append(outputs[0].new_zeros(1, padding, *outputs[0].shape[2:]))
+    return torch.cat(outputs, dim=1), None
 
 
 @contextmanager
-def _attention_by_row(config):
-    """Route `config`'s attention through [`_row_attention`] for one forward (restored afterwards). The function is
-    registered with transformers' attention functions on first use, not at import. Callers hold the model's
+def _attention_packed(config):
+    """Route `config`'s attention through [`_packed_attention`] for one forward (restored afterwards). The function
+    is registered with transformers' attention functions on first use, not at import. Callers hold the model's
     [`_forward_lock`]: a second switch at the same time would take this one for the LM's own implementation."""
-    if _ROW_ATTENTION not in ALL_ATTENTION_FUNCTIONS:
-        ALL_ATTENTION_FUNCTIONS.register(_ROW_ATTENTION, _row_attention)
-    _row_attention_inner[id(config)] = config._attn_implementation
-    config._attn_implementation_internal = _ROW_ATTENTION
+    if _PACKED_ATTENTION not in ALL_ATTENTION_FUNCTIONS:
+        ALL_ATTENTION_FUNCTIONS.register(_PACKED_ATTENTION, _packed_attention)
+    _packed_attention_inner[id(config)] = config._attn_implementation
+    config._attn_implementation_internal = _PACKED_ATTENTION
     try:
         yield
     finally:
-        config._attn_implementation_internal = _row_attention_inner.pop(id(config))
+        config._attn_implementation_internal = _packed_attention_inner.pop(id(config))
 
 
 @torch.no_grad()
-def forward_rows(causal_lm, feeds: list[_Feed]) -> None:
-    """Run one forward of `causal_lm` for rows that each feed the same number of new positions through their own
-    caches; fills every feed's `hidden` `(1, n, hidden)` and `logits` `(1, vocab)`.
+def forward_packed(causal_lm, feeds: list[_Feed]) -> None:
+    """Run one forward of `causal_lm` for feeds of any number of new positions, each through its own cache; fills
+    every feed's `hidden` `(1, n, hidden)` and `logits` `(1, vocab)`.
 
-    It is the LM's own forward (`causal_lm.model`) on the stacked rows, with the attention split per row (see the
-    module docstring); single-position rows are padded to `MIN_GEMM_ROWS`.
+    It is the LM's own forward (`causal_lm.model`) on the feeds' new positions one after another in one sequence
+    (zero positions pad it to `MIN_GEMM_ROWS`), with the attention split per feed (see the module docstring).
     """
     model = causal_lm.model
     inputs = [feed.inputs_embeds.to(causal_lm.lm_head.weight.device) for feed in feeds]
-    length = inputs[0].shape[1]
-    rows = max(len(feeds), MIN_GEMM_ROWS) if length == 1 else len(feeds)
-    positions = [feed.state.advance(length) for feed in feeds]
+    spans, start = [], 0
+    for embeds in inputs:
+        spans.append((start, start + embeds.shape[1]))
+        start += embeds.shape[1]
+    positions = [feed.state.advance(embeds.shape[1]) for feed, embeds in zip(feeds, inputs, strict=True)]
     masks = _row_masks(model, feeds, inputs, positions)
-    position_ids = _pad_rows(torch.cat([position_ids for _, position_ids in positions]), rows)
-    with _attention_by_row(model.config):
+    packed = _pad_rows(torch.cat(inputs, dim=1)[0], MIN_GEMM_ROWS)[None]
+    position_ids = _pad_rows(torch.cat([position_ids for _, position_ids in positions], dim=1)[0], MIN_GEMM_ROWS)
+    with _attention_packed(model.config):
         hidden = model(
-            inputs_embeds=_pad_rows(torch.cat(inputs), rows),
+            inputs_embeds=packed,
             attention_mask=masks,
-            position_ids=position_ids,
-            cache=_RowCaches([feed.state.cache for feed in feeds]),
+            position_ids=position_ids[None],
+            cache=_PackedCaches([feed.state.cache for feed in feeds], spans),
             use_cache=True,
+            packed_spans=spans,
         ).last_hidden_state
-    logits = causal_lm.lm_head(_pad_rows(hidden[:, -1], MIN_GEMM_ROWS))
-    for row, feed in enumerate(feeds):
-        feed.hidden, feed.logits = hidden[row : row + 1], logits[row : row + 1]
+    last = torch.stack([hidden[0, end - 1] for _, end in spans])
+    logits = causal_lm.lm_head(_pad_rows(last, MIN_GEMM_ROWS))
+    for index, (feed, (start, end)) in enumerate(zip(feeds, spans, strict=True)):
+        feed.hidden, feed.logits = hidden[:, start:end], logits[index : index + 1]
 
 
-def _forward_groups(feeds: list[_Feed], batch_multi: bool = True) -> list[list[_Feed]]:
-    """Feeds that run as one forward: the feeds of one LM with the same number of new positions, when that number is
-    1 (padded to `MIN_GEMM_ROWS` rows) or at least `MIN_GEMM_ROWS` (then every GEMM has that many rows alone too);
-    any other multi-position feed alone, and every multi-position feed alone unless `batch_multi`."""
-    groups: dict[tuple[int, int], list[_Feed]] = {}
+def _forward_groups(feeds: list[_Feed], pack: bool = True) -> list[list[_Feed]]:
+    """Feeds that run as one forward: with `pack`, all the feeds of one LM (any numbers of positions, see
+    [`forward_packed`]); else the single-position feeds of one LM, and each multi-position feed alone."""
+    groups: dict[int, list[_Feed]] = {}
     alone = []
     for feed in feeds:
-        length = feed.inputs_embeds.shape[1]
-        if length == 1 or (batch_multi and length >= MIN_GEMM_ROWS):
-            groups.setdefault((id(feed.state.causal_lm), length), []).append(feed)
+        if pack or feed.inputs_embeds.shape[1] == 1:
+            groups.setdefault(id(feed.state.causal_lm), []).append(feed)
         else:
             alone.append([feed])
     return list(groups.values()) + alone
@@ -662,7 +669,7 @@ class OpenS2SEngine:
                 else:
                     feeds.append(feed)
             owners = {id(conversation.request): conversation for conversation in self.active if conversation.request}
-            groups = self._choose(_forward_groups(feeds, batch_multi=self.fast is None), owners)
+            groups = self._choose(_forward_groups(feeds, pack=self.fast is None), owners)
             for conversation in owners.values():
                 conversation.waited += 1
             self._run(groups, owners)
@@ -670,12 +677,13 @@ class OpenS2SEngine:
             return bool(self.active or self.queued)
 
     def _choose(self, groups: list[list[_Feed]], owners: dict) -> list[list[_Feed]]:
-        """The forwards of this step. Every multi-position forward (a prompt, a speech-chunk head) runs; of the
-        single-position ones, the one with the most rows (the LLM's on a tie), plus any that holds a conversation
-        without its first unit yet (first-unit latency) or one that has waited `_MAX_WAIT_STEPS` steps. The others
-        wait a step: each LM's step costs about the same for 1 or 8 rows, so conversations in other phases of their
-        text/speech cycle fall in step with the largest group instead of each LM running every step for a few."""
-        singles = [group for group in groups if group[0].inputs_embeds.shape[1] == 1]
+        """The forwards of this step. Every forward holding a multi-position feed (a prompt, a speech-chunk head)
+        runs, with whatever single-position feeds of its LM are packed in it; of the forwards of single-position
+        feeds only, the one with the most feeds (the LLM's on a tie), plus any that holds a conversation without its
+        first unit yet (first-unit latency) or one that has waited `_MAX_WAIT_STEPS` steps. The others wait a step:
+        each LM's step costs about the same for 1 or 8 feeds, so conversations in other phases of their text/speech
+        cycle fall in step with the largest group instead of each LM running every step for a few."""
+        singles = [group for group in groups if all(feed.inputs_embeds.shape[1] == 1 for feed in group)]
         if len(singles) < 2:
             return groups
         text_lm = self.model.language_model
@@ -700,7 +708,7 @@ class OpenS2SEngine:
             try:
                 with self.forward_lock:
                     if self.fast is None:
-                        forward_rows(group[0].state.causal_lm, group)
+                        forward_packed(group[0].state.causal_lm, group)
                     elif group[0].inputs_embeds.shape[1] == 1:
                         compiling = self.fast.decode(group[0].state.causal_lm, group)
                     else:

@@ -110,38 +110,67 @@ def test_batched_greedy_ids_equal_each_conversation_alone(tiny, prompts):
     assert solo(tiny, prompts[1], **(kwargs[1] | {"speaker_embedding": None}))["speech"] != alone[1]["speech"]
 
 
-def test_equal_length_multi_position_forwards_run_as_one_batch_with_ids_alone(tiny, monkeypatch):
-    """Two conversations with prompts of one length arriving together: their prefills, and then their speech-chunk
-    heads, run as one forward each (checked), and every id equals that conversation alone."""
+def test_a_packed_forward_gives_every_feed_bitwise_the_hidden_states_and_logits_of_that_feed_alone(tiny):
+    """Feeds of 1, 2, 3, 5 and 17 new positions, with caches of different lengths, in one packed forward: every
+    feed's hidden states and logits are bitwise those of the same feed run alone (which is also padded to
+    `MIN_GEMM_ROWS` positions), so packing cannot change an id."""
+    model, _ = tiny
+    module = sys.modules[type(model.engine()).__module__]  # the remote-code copy of the engine module, if any
+    causal_lm = model.language_model
+    hidden_size = causal_lm.config.hidden_size
+    generator = torch.Generator().manual_seed(0)
+    history_lengths, new_lengths = [7, 0, 12, 3, 30], [1, 2, 3, 5, 17]
+
+    histories = [torch.randn(1, n, hidden_size, generator=generator) for n in history_lengths]
+    news = [torch.randn(1, n, hidden_size, generator=generator) for n in new_lengths]
+    lm_state = sys.modules[module._Feed.__module__]._LMState
+
+    def fresh_feeds():
+        feeds = []
+        for history, new in zip(histories, news, strict=True):
+            state = lm_state(causal_lm)
+            if history.shape[1]:
+                module.forward_packed(causal_lm, [module._Feed(state, history, "text_prefill")])
+            feeds.append(module._Feed(state, new, "text_decode"))
+        return feeds
+
+    alone = []
+    for feed in fresh_feeds():
+        module.forward_packed(causal_lm, [feed])
+        alone.append(feed)
+    packed = fresh_feeds()
+    module.forward_packed(causal_lm, packed)
+    for index, (mine, reference) in enumerate(zip(packed, alone, strict=True)):
+        assert torch.equal(mine.hidden, reference.hidden), f"feed {index}: hidden states differ"
+        assert torch.equal(mine.logits, reference.logits), f"feed {index}: logits differ"
+
+
+def test_prefills_and_speech_heads_are_packed_with_other_feeds_and_ids_stay_those_alone(tiny, prompts, monkeypatch):
+    """Conversations arriving at different steps: a newcomer's prompt and the speech-chunk heads run in one forward
+    with the single-position feeds of the same LM (checked), and every id equals that conversation alone."""
     model, processor = tiny
-    waveform = load_audio(EXAMPLE_WAV, sampling_rate=16000)
-    half = len(waveform) // 2
-    prompts = [
-        conversation_inputs(processor, waveform[:half], sampling_rate=16000),
-        conversation_inputs(processor, waveform[half : 2 * half], sampling_rate=16000),
-    ]
-    assert prompts[0]["input_ids"].shape == prompts[1]["input_ids"].shape
-    assert not torch.equal(prompts[0]["input_features"], prompts[1]["input_features"])
     voice = torch.randn(model.config.speaker_embedding_dim, generator=torch.Generator().manual_seed(2))
     kwargs = [
         {"max_new_tokens": 9, "speech_max_new_tokens": 30, "token2wav": False},
         {"max_new_tokens": 7, "speech_max_new_tokens": 40, "token2wav": False, "speaker_embedding": voice},
+        {"max_new_tokens": 10, "speech_max_new_tokens": 25, "token2wav": False},
     ]
-    alone = [solo(tiny, inputs, **kw) for inputs, kw in zip(prompts, kwargs, strict=True)]
+    alone = [solo(tiny, inputs, **kw) for inputs, kw in zip(prompts[:3], kwargs, strict=True)]
     engine = model.engine(processor=processor)
     module = sys.modules[type(engine).__module__]  # the remote-code copy of the engine module, if any
-    batched_lengths = []
+    mixed = []
 
-    def recording_forward_rows(causal_lm, feeds):
-        if len(feeds) > 1 and feeds[0].inputs_embeds.shape[1] > 1:
-            batched_lengths.append(feeds[0].inputs_embeds.shape[1])
-        return forward_rows(causal_lm, feeds)
+    def recording_forward_packed(causal_lm, feeds):
+        lengths = sorted(feed.inputs_embeds.shape[1] for feed in feeds)
+        if len(set(lengths)) > 1:
+            mixed.append(lengths)
+        return forward_packed(causal_lm, feeds)
 
-    forward_rows = module.forward_rows
-    monkeypatch.setattr(module, "forward_rows", recording_forward_rows)
-    together = run_plan(engine, [(0, prompts[0], kwargs[0]), (0, prompts[1], kwargs[1])])
-    assert prompts[0]["input_ids"].shape[1] in batched_lengths  # the two prefills
-    assert 1 + model.config.text_span in batched_lengths  # two speech-chunk heads
+    forward_packed = module.forward_packed
+    monkeypatch.setattr(module, "forward_packed", recording_forward_packed)
+    together = run_plan(engine, [(0, prompts[0], kwargs[0]), (3, prompts[1], kwargs[1]), (5, prompts[2], kwargs[2])])
+    assert any(lengths[-1] > 1 + model.config.text_span for lengths in mixed)  # a prompt packed with other feeds
+    assert any(1 + model.config.text_span in lengths for lengths in mixed)  # a speech-chunk head packed
     for index, (mine, reference) in enumerate(zip(together, alone, strict=True)):
         assert mine["text"] == reference["text"], f"conversation {index}: text ids differ"
         assert mine["speech"] == reference["speech"], f"conversation {index}: decoder ids differ"

@@ -7,6 +7,7 @@ rtol/atol 1e-4 (the fixture README's tolerance for activations). Engine behaviou
 """
 
 import importlib
+import sys
 
 import pytest
 import torch
@@ -215,23 +216,21 @@ def test_small_unit_budget_keeps_the_whole_text(tiny, unit_budget):
     assert speech_chunks == ([("speech", unit_budget)] if unit_budget else [])
 
 
-def test_each_step_feeds_only_new_positions(tiny):
+def test_each_step_feeds_only_new_positions(tiny, monkeypatch):
     """One KV-cached loop: after the prefill the LLM gets one position per token; the decoder one per unit plus, per
     interleaving step, the previous step's last unit and the new conditioning rows."""
     fed = {"text": [], "speech": []}
     model = tiny["model"]
-    hooks = [
-        lm.model.register_forward_pre_hook(
-            lambda module, args, kwargs, name=name: fed[name].append(kwargs["inputs_embeds"].shape[1]),
-            with_kwargs=True,
-        )
-        for name, lm in (("text", model.language_model), ("speech", model.speech_decoder))
-    ]
-    try:
-        result = run_stream(tiny, *tiny_configs(tiny))
-    finally:
-        for hook in hooks:
-            hook.remove()
+    engine_module = sys.modules[type(model.engine()).__module__]  # the remote-code copy of the engine, if any
+    forward_packed = engine_module.forward_packed
+
+    def recording_forward_packed(causal_lm, feeds):
+        name = "text" if causal_lm is model.language_model else "speech"
+        fed[name] += [feed.inputs_embeds.shape[1] for feed in feeds]
+        return forward_packed(causal_lm, feeds)
+
+    monkeypatch.setattr(engine_module, "forward_packed", recording_forward_packed)
+    result = run_stream(tiny, *tiny_configs(tiny))
     prompt_length = prompt_inputs(tiny)["input_ids"].shape[1]
     num_text, num_speech = len(result["text_ids"]), len(result["speech_ids"])
     assert fed["text"] == [prompt_length] + [1] * (num_text - 1)  # the last token is never fed
