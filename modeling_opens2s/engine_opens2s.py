@@ -26,6 +26,13 @@ How a packed forward keeps each conversation's greedy ids exactly those of a sol
   many neighbours it has or how many positions they feed.
 - Sampling uses each conversation's own generator, so seeded answers do not depend on the neighbours either.
 
+token2wav: each conversation's block-streaming session only buffers its units while the schedule runs; after the
+forwards of a step, the engine renders every ready chunk, the chunks of one shape (the schedule's fixed block sizes
+make that common) as one batch through the flow and the vocoder (`render_chunks` in
+`modeling_token2wav_streaming.py`; randomness stays per conversation, so a chunk's audio is that of the conversation
+alone up to float32 rounding). The original OpenS2S schedule (`token2wav_mode="original"`) renders inside its own
+`push`, one conversation at a time.
+
 `model.stream` and `model.generate` are this engine with one conversation.
 
 Several engines may share one model from several threads (two `model.stream` calls at once, say): the forwards of
@@ -57,6 +64,7 @@ from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers.models.qwen3.modeling_qwen3 import eager_attention_forward
 
 from .audio_lengths_opens2s import audio_embedding_lengths
+from .modeling_token2wav_streaming import render_chunks
 from .streaming_opens2s import _Feed, _Interleaver, new_conversation
 
 
@@ -582,6 +590,7 @@ class OpenS2SEngine:
             shape for both LMs and single-position steps compiled with `torch.compile` (CUDA graphs on CUDA). The
             first step of each shape compiles (its time is counted in the `"compile"` stage of `Done.stats`);
             later steps, conversations and engines of the same model reuse it. Greedy ids equal the eager path's.
+            Also the default of every conversation's `token2wav_compile` (block streaming's compiled estimator).
 
     Example:
 
@@ -626,6 +635,7 @@ class OpenS2SEngine:
             [`EngineFull`]: `max_active` conversations run and `max_queued` wait. Bad arguments raise here too.
         """
         stream_kwargs.setdefault("processor", self.processor)
+        stream_kwargs.setdefault("token2wav_compile", self.fast is not None)
         with self.lock:
             if len(self.active) + len(self.queued) >= self.max_active + self.max_queued:
                 raise EngineFull(
@@ -673,6 +683,7 @@ class OpenS2SEngine:
             for conversation in owners.values():
                 conversation.waited += 1
             self._run(groups, owners)
+            self._render_audio()
             self.steps += 1
             return bool(self.active or self.queued)
 
@@ -724,6 +735,36 @@ class OpenS2SEngine:
                 conversation = owners[id(feed)]
                 conversation.interleaver.clock.add("compile" if compiling else feed.stage, seconds)
                 conversation.request, conversation.waited = None, 0
+
+    def _render_audio(self) -> None:
+        """Render the ready token2wav chunks of the active conversations (block streaming), the chunks of one shape
+        as one batch through the flow and the vocoder ([`render_chunks`]); each conversation's audio events go to
+        its queue. A conversation whose rendering fails ends with that error; the others go on."""
+        while True:
+            batches: dict[tuple, list[Conversation]] = {}
+            for conversation in self.active:
+                interleaver = conversation.interleaver
+                if interleaver is not None and interleaver.renders_apart and interleaver.audio_stream.ready:
+                    key = interleaver.audio_stream.batch_key()
+                    # A compiled estimator has fixed shapes: every batch size would compile a new graph.
+                    key = (key, conversation.id) if key.estimator is not None else key
+                    batches.setdefault(key, []).append(conversation)
+            if not batches:
+                return
+            for members in batches.values():
+                begin = time.perf_counter()
+                try:
+                    waveforms = render_chunks([member.interleaver.audio_stream for member in members])
+                except Exception as error:  # noqa: BLE001 - handed to the callers of these conversations
+                    logger.exception("token2wav failed for %d conversation(s)", len(members))
+                    for member in members:
+                        member.finish(error)
+                        self._leave(member)
+                    continue
+                seconds = time.perf_counter() - begin
+                for member, waveform in zip(members, waveforms, strict=True):
+                    for event in member.interleaver.audio_events(waveform, seconds):
+                        member.events.put(event)
 
     def _leave(self, conversation: Conversation) -> None:
         """Take `conversation` out of the active ones (its slot of the fast path's caches is free again)."""
@@ -822,6 +863,9 @@ def stream(model, input_ids: torch.LongTensor, compile: bool = False, **kwargs):
             `OpenS2SToken2Wav.start_stream`); `"original"` reproduces OpenS2S's 24-unit loop.
         token2wav_speaker_embedding (`torch.FloatTensor` of shape `(1, 192)`, *optional*): its x-vector voice.
         token2wav_generator (`torch.Generator`, *optional*): its random source (`"blocks"` mode).
+        token2wav_compile (`bool`, *optional*, defaults to `compile`): `"blocks"` mode: its flow estimator compiled
+            for the schedule's fixed chunk shapes (see `OpenS2SToken2Wav.start_stream`; the first chunk of each
+            shape compiles, which takes minutes on CPU at full size).
         seed (`int`, *optional*): seeds `generator` (on the model's device) and `token2wav_generator` when they are
             not given, so a sampled answer is reproducible whatever runs beside it.
         compile (`bool`, *optional*, defaults to `False`): the fast path: static key/value caches and compiled

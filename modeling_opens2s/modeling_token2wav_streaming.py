@@ -300,11 +300,15 @@ class BlockStream:
         return torch.cat(pieces, dim=-1)
 
     def finish(self) -> torch.Tensor:
-        """Render what is pending and play everything held back; shape `(1, samples)`."""
+        """Render what is pending (the ready chunks of the schedule first, as `push` would have: units buffered with
+        `add` are chunked alike) and play everything held back; shape `(1, samples)`."""
+        pieces = [_empty_waveform(self.model)]
+        while self.ready:
+            pieces.extend(render_chunks([self]))
         pending = len(self.units) - self.rendered_units
-        if pending == 0 and self.played_frames == self.mel.shape[-1]:
-            return _empty_waveform(self.model)
-        return self._step(pending, final=True)
+        if pending or self.played_frames < self.mel.shape[-1]:
+            pieces.append(self._step(pending, final=True))
+        return torch.cat(pieces, dim=-1)
 
     def _step(self, num_units: int, final: bool) -> torch.Tensor:
         return _render([self], num_units, final)[0]

@@ -17,8 +17,9 @@ Two behaviours of the original are fixed: the speaker embedding is honoured (the
 `speaker_embedding=None` still gives), and exhausting the speech budget no longer cuts the text short (the decoder
 simply stops while the LLM goes on). Events are delivered per token, as soon as each token exists.
 
-With a token2wav decoder (`token2wav=`, or one attached with `model.attach_token2wav()`), every unit is pushed into
-a token2wav stream as it is generated and [`AudioChunk`] events carry the audio as soon as a chunk is final.
+With a token2wav decoder (`token2wav=`, or one attached with `model.attach_token2wav()`), every unit goes into a
+token2wav stream as it is generated and [`AudioChunk`] events carry the audio as soon as a chunk is final (block
+streaming: the engine renders a ready chunk after the step's forwards, batched with other conversations' chunks).
 
 Every event has a `kind` (`"text"`, `"units"`, `"audio"`, `"done"`): with `trust_remote_code=True` the event classes
 come from the model folder's copy of this module, so `isinstance` against `opens2s`'s classes is False; match on
@@ -48,6 +49,7 @@ from transformers.generation.logits_process import (
 )
 from transformers.utils import cached_file
 
+from .modeling_token2wav_streaming import BlockStream
 from .processing_opens2s import find_unit_tokens
 
 
@@ -542,7 +544,10 @@ class _Interleaver:
             event = self._speech_event(token_id)
             yield event
             if self.audio_stream is not None and event.units:
-                yield from self._audio(self._push_units(event.units))
+                if self.renders_apart:
+                    self.audio_stream.add(event.units)  # the engine renders ready chunks, batched across conversations
+                else:
+                    yield from self._audio(self._push_units(event.units))
             if token_id in self.speech_settings.eos_ids:
                 if flush:
                     self.stats.speech_stop_reason = "eos"
@@ -573,6 +578,17 @@ class _Interleaver:
         if self.stats.time_to_first_units is None and (units is None or units):
             self.stats.time_to_first_units = self.clock.elapsed()
         return SpeechUnits([token_id], units)
+
+    @property
+    def renders_apart(self) -> bool:
+        """Whether the engine renders this conversation's ready token2wav chunks ([`BlockStream`]: batched with
+        other conversations' chunks of the same shape); the original schedule's session renders inside `push`."""
+        return isinstance(self.audio_stream, BlockStream)
+
+    def audio_events(self, waveform: torch.Tensor, seconds: float) -> list:
+        """The events of a chunk the engine rendered for this conversation in `seconds` (counted as token2wav)."""
+        self.clock.add("token2wav", seconds)
+        return list(self._audio(waveform))
 
     def _audio(self, waveform: torch.Tensor):
         """An [`AudioChunk`] for a non-empty waveform `(1, samples)` from the token2wav session."""
@@ -792,6 +808,7 @@ def new_conversation(
     token2wav_mode: str = "blocks",
     token2wav_speaker_embedding: torch.Tensor | None = None,
     token2wav_generator: torch.Generator | None = None,
+    token2wav_compile: bool = False,
     seed: int | None = None,
     **kwargs,
 ):
@@ -838,7 +855,10 @@ def new_conversation(
         if unit_range is None:
             raise ValueError("streaming audio needs the unit vocabulary: pass processor= (or unit_tokenizer=)")
         audio_stream = token2wav.start_stream(
-            mode=token2wav_mode, speaker_embedding=token2wav_speaker_embedding, generator=token2wav_generator
+            mode=token2wav_mode,
+            speaker_embedding=token2wav_speaker_embedding,
+            generator=token2wav_generator,
+            compile=token2wav_compile and token2wav_mode == "blocks",
         )
     detok = IncrementalDetokenizer(tokenizer, skip_special_tokens) if tokenizer is not None else None
     interleaver = _Interleaver(

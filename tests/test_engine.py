@@ -215,6 +215,42 @@ def test_seeded_sampling_does_not_depend_on_neighbours(tiny, prompts):
     assert solo(tiny, prompts[1], seed=8, **sampled, **budgets)["speech"] != alone["speech"]
 
 
+def test_ready_token2wav_chunks_of_several_conversations_render_as_one_batch(tiny, prompts, monkeypatch):
+    """Three conversations in step (one prompt, submitted together; other token2wav seeds and voices): their ready
+    chunks go through the flow and the vocoder as one batch (checked), each one's ids are those alone and its audio
+    is that alone up to float32 rounding (a batch sums in another order: ~1e-7 measured), chunk for chunk."""
+    model, processor = tiny
+    dim = model.token2wav.config.flow_config.speaker_embedding_dim
+    voice = torch.randn(1, dim, generator=torch.Generator().manual_seed(4))
+    speech_eos = model.config.speech_decoder_config.eos_token_id
+    budgets = {"max_new_tokens": 10, "speech_max_new_tokens": 200, "speech_suppress_tokens": [speech_eos]}
+    kwargs = [{"seed": 1}, {"seed": 2}, {"seed": 3, "token2wav_speaker_embedding": voice}]
+    kwargs = [{**kw, **budgets} for kw in kwargs]
+    alone = [solo(tiny, prompts[0], **kw) for kw in kwargs]
+    assert all(len(result["audio"]) >= 3 for result in alone)  # first, doubling and final chunks at least
+    engine = model.engine(processor=processor)
+    module = sys.modules[type(engine).__module__]  # the remote-code copy of the engine module, if any
+    batch_sizes = []
+
+    def recording_render_chunks(streams):
+        batch_sizes.append(len(streams))
+        return render_chunks(streams)
+
+    render_chunks = module.render_chunks
+    monkeypatch.setattr(module, "render_chunks", recording_render_chunks)
+    together = run_plan(engine, [(0, prompts[0], kw) for kw in kwargs])
+    assert 3 in batch_sizes
+    for index, (mine, reference) in enumerate(zip(together, alone, strict=True)):
+        assert mine["text"] == reference["text"] and mine["speech"] == reference["speech"], f"conversation {index}"
+        assert [len(chunk) for chunk in mine["audio"]] == [len(chunk) for chunk in reference["audio"]]
+        for chunk, expected in zip(mine["audio"], reference["audio"], strict=True):
+            np.testing.assert_allclose(chunk, expected, rtol=0, atol=1e-5)
+        assert mine["done"].stats.time_to_first_audio is not None
+    # Other seeds and voices really give other audio, so the rows did not share noise or speaker.
+    assert not np.allclose(np.concatenate(together[0]["audio"]), np.concatenate(together[1]["audio"]), atol=1e-3)
+    assert not np.allclose(np.concatenate(together[1]["audio"]), np.concatenate(together[2]["audio"]), atol=1e-3)
+
+
 def test_cancel_frees_the_row_and_leaves_the_others_untouched(tiny, prompts):
     model, processor = tiny
     kwargs = {"max_new_tokens": 10, "speech_max_new_tokens": 40, "token2wav": False}
