@@ -79,6 +79,10 @@ _END = object()  # the last item of a conversation's event queue
 # Most engine steps a single-position forward waits for a larger group of its LM to fall in step with (a bound: in
 # practice a conversation meets the others' phase within one text/speech cycle).
 _MAX_WAIT_STEPS = 16
+# Most engine steps a ready token2wav chunk (not a conversation's first: first audio does not wait) waits for chunks
+# of other conversations of the same shape: in step, conversations that arrived close together reach the same chunk
+# of the schedule within a few units of each other. The conversation keeps generating meanwhile.
+_MAX_AUDIO_WAIT_STEPS = 4
 
 
 class EngineFull(RuntimeError):
@@ -513,6 +517,7 @@ class Conversation:
         self.events: queue.Queue = queue.Queue()
         self.request: _Feed | None = None  # the forward it waits for
         self.waited = 0  # engine steps that request has waited (see `OpenS2SEngine._choose`)
+        self.audio_waited = 0  # engine steps its ready token2wav chunk has waited (see `OpenS2SEngine._render_audio`)
         self.done = False  # generation is over (finished, cancelled or failed); events may still be queued
         self.drained = False
 
@@ -739,32 +744,55 @@ class OpenS2SEngine:
     def _render_audio(self) -> None:
         """Render the ready token2wav chunks of the active conversations (block streaming), the chunks of one shape
         as one batch through the flow and the vocoder ([`render_chunks`]); each conversation's audio events go to
-        its queue. A conversation whose rendering fails ends with that error; the others go on."""
+        its queue. A batch renders when it holds a conversation's first chunk (first audio never waits), a chunk
+        that has waited `_MAX_AUDIO_WAIT_STEPS` steps, or every conversation that speaks; otherwise it waits a step
+        for others to reach the same chunk shape. A conversation whose rendering fails ends with that error."""
+        speaking = [
+            conversation
+            for conversation in self.active
+            if conversation.interleaver is not None and conversation.interleaver.renders_apart
+        ]
         while True:
             batches: dict[tuple, list[Conversation]] = {}
-            for conversation in self.active:
-                interleaver = conversation.interleaver
-                if interleaver is not None and interleaver.renders_apart and interleaver.audio_stream.ready:
-                    key = interleaver.audio_stream.batch_key()
+            for conversation in speaking:
+                stream = conversation.interleaver.audio_stream if conversation.interleaver is not None else None
+                if stream is not None and stream.ready:
+                    key = stream.batch_key()
                     # A compiled estimator has fixed shapes: every batch size would compile a new graph.
                     key = (key, conversation.id) if key.estimator is not None else key
                     batches.setdefault(key, []).append(conversation)
-            if not batches:
-                return
-            for members in batches.values():
-                begin = time.perf_counter()
-                try:
-                    waveforms = render_chunks([member.interleaver.audio_stream for member in members])
-                except Exception as error:  # noqa: BLE001 - handed to the callers of these conversations
-                    logger.exception("token2wav failed for %d conversation(s)", len(members))
+            due = [members for members in batches.values() if self._audio_due(members, len(speaking))]
+            if not due:  # what is left waits this step
+                for members in batches.values():
                     for member in members:
-                        member.finish(error)
-                        self._leave(member)
-                    continue
-                seconds = time.perf_counter() - begin
-                for member, waveform in zip(members, waveforms, strict=True):
-                    for event in member.interleaver.audio_events(waveform, seconds):
-                        member.events.put(event)
+                        member.audio_waited += 1
+                return
+            for members in due:
+                self._render_batch(members)
+
+    @staticmethod
+    def _audio_due(members: list[Conversation], speaking: int) -> bool:
+        return (
+            len(members) == speaking
+            or any(member.interleaver.audio_stream.rendered_units == 0 for member in members)
+            or any(member.audio_waited >= _MAX_AUDIO_WAIT_STEPS for member in members)
+        )
+
+    def _render_batch(self, members: list[Conversation]) -> None:
+        begin = time.perf_counter()
+        try:
+            waveforms = render_chunks([member.interleaver.audio_stream for member in members])
+        except Exception as error:  # noqa: BLE001 - handed to the callers of these conversations
+            logger.exception("token2wav failed for %d conversation(s)", len(members))
+            for member in members:
+                member.finish(error)
+                self._leave(member)
+            return
+        seconds = time.perf_counter() - begin
+        for member, waveform in zip(members, waveforms, strict=True):
+            member.audio_waited = 0
+            for event in member.interleaver.audio_events(waveform, seconds):
+                member.events.put(event)
 
     def _leave(self, conversation: Conversation) -> None:
         """Take `conversation` out of the active ones (its slot of the fast path's caches is free again)."""

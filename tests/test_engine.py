@@ -246,6 +246,21 @@ def test_ready_token2wav_chunks_of_several_conversations_render_as_one_batch(tin
         for chunk, expected in zip(mine["audio"], reference["audio"], strict=True):
             np.testing.assert_allclose(chunk, expected, rtol=0, atol=1e-5)
         assert mine["done"].stats.time_to_first_audio is not None
+    # Arrivals one step apart: a ready chunk (after the first) waits a bounded number of steps for the others to
+    # reach the same chunk shape, so batches still form; the audio is the same.
+    batch_sizes.clear()
+    bound = module._MAX_AUDIO_WAIT_STEPS
+    conversations, waits = [], []
+    while len(conversations) < len(kwargs) or any(not c.done for c in conversations):
+        if len(conversations) < len(kwargs):
+            conversations.append(engine.submit(prompts[0], **kwargs[len(conversations)]))
+        engine.step()
+        waits += [conversation.audio_waited for conversation in engine.active]
+    assert max(batch_sizes) > 1 and 0 < max(waits) <= bound
+    for conversation, reference in zip(conversations, alone, strict=True):
+        mine = ids_of(conversation)
+        assert mine["speech"] == reference["speech"]
+        np.testing.assert_allclose(np.concatenate(mine["audio"]), np.concatenate(reference["audio"]), atol=1e-5)
     # Other seeds and voices really give other audio, so the rows did not share noise or speaker.
     assert not np.allclose(np.concatenate(together[0]["audio"]), np.concatenate(together[1]["audio"]), atol=1e-3)
     assert not np.allclose(np.concatenate(together[1]["audio"]), np.concatenate(together[2]["audio"]), atol=1e-3)
