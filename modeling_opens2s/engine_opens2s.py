@@ -83,6 +83,8 @@ _MAX_WAIT_STEPS = 16
 # of other conversations of the same shape: in step, conversations that arrived close together reach the same chunk
 # of the schedule within a few units of each other. The conversation keeps generating meanwhile.
 _MAX_AUDIO_WAIT_STEPS = 4
+# token2wav chunk shapes (`BlockStream.batch_key()`) whose compiled estimator has run once (compiled) in this process.
+_compiled_chunk_shapes: set = set()
 
 
 class EngineFull(RuntimeError):
@@ -779,6 +781,11 @@ class OpenS2SEngine:
         )
 
     def _render_batch(self, members: list[Conversation]) -> None:
+        key = members[0].interleaver.audio_stream.batch_key()
+        # The first chunk of a shape through a compiled estimator compiles it: counted as "compile", not token2wav.
+        # (Ids, not the objects: the set must not keep a model alive.)
+        key = key._replace(model=id(key.model), estimator=id(key.estimator) if key.estimator is not None else None)
+        compiling = key.estimator is not None and key not in _compiled_chunk_shapes
         begin = time.perf_counter()
         try:
             waveforms = render_chunks([member.interleaver.audio_stream for member in members])
@@ -789,9 +796,10 @@ class OpenS2SEngine:
                 self._leave(member)
             return
         seconds = time.perf_counter() - begin
+        _compiled_chunk_shapes.add(key)
         for member, waveform in zip(members, waveforms, strict=True):
             member.audio_waited = 0
-            for event in member.interleaver.audio_events(waveform, seconds):
+            for event in member.interleaver.audio_events(waveform, seconds, "compile" if compiling else "token2wav"):
                 member.events.put(event)
 
     def _leave(self, conversation: Conversation) -> None:

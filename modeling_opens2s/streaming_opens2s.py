@@ -585,9 +585,9 @@ class _Interleaver:
         other conversations' chunks of the same shape); the original schedule's session renders inside `push`."""
         return isinstance(self.audio_stream, BlockStream)
 
-    def audio_events(self, waveform: torch.Tensor, seconds: float) -> list:
-        """The events of a chunk the engine rendered for this conversation in `seconds` (counted as token2wav)."""
-        self.clock.add("token2wav", seconds)
+    def audio_events(self, waveform: torch.Tensor, seconds: float, stage: str = "token2wav") -> list:
+        """The events of a chunk the engine rendered for this conversation in `seconds` (counted in `stage`)."""
+        self.clock.add(stage, seconds)
         return list(self._audio(waveform))
 
     def _audio(self, waveform: torch.Tensor):

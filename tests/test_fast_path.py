@@ -75,6 +75,26 @@ def test_sampling_with_a_seed_gives_the_eager_ids(tiny, prompts, traced_only):  
     assert fast["text"] == eager["text"] and fast["speech"] == eager["speech"]
 
 
+def test_the_compile_switch_reaches_token2wav_block_streaming(tiny, prompts, traced_only, monkeypatch):  # noqa: F811
+    """`compile=True` also compiles the answer's token2wav estimator (block streaming) unless `token2wav_compile=False`
+    says otherwise; the original schedule never compiles. (Recorded, and run uncompiled here: an inductor build of
+    the estimator takes minutes.)"""
+    model, processor = tiny
+    token2wav = model.token2wav
+    start_stream, asked = token2wav.start_stream, []
+
+    def recording_start_stream(mode="blocks", compile=False, **kwargs):
+        asked.append(compile)
+        return start_stream(mode=mode, compile=False, **kwargs)
+
+    monkeypatch.setattr(token2wav, "start_stream", recording_start_stream)
+    budgets = {"max_new_tokens": 4, "speech_max_new_tokens": 8}
+    for kwargs in ({}, {"compile": True}, {"compile": True, "token2wav_compile": False}):
+        solo(tiny, prompts[0], **kwargs, **budgets)
+    solo(tiny, prompts[0], compile=True, token2wav_mode="original", **budgets)
+    assert asked == [False, True, False, False]
+
+
 @pytest.mark.slow
 def test_inductor_compiled_stream_gives_the_eager_ids_and_compiles_once(tiny, prompts):  # noqa: F811
     first = solo(tiny, prompts[0], compile=True, **BUDGETS)
