@@ -18,8 +18,9 @@ Printed, per number of conversations N, for `engine` (all N submitted at stagger
 (the N run one after another): aggregate units/s (all units / wall seconds from the first arrival to the last
 answer), first unit and first audio latency p50 / p95 (seconds from a conversation's arrival; for `sequential` from
 its own start, i.e. a solo run), and the engine's peak key/value cache memory per conversation (MB; on CUDA the peak
-allocated memory per added conversation). Goal on CPU: N=8 engine >= 4x the sequential units/s, first-unit p95 <= 2x
-solo.
+allocated memory per added conversation), and where the engine's time went (LM forwards, token2wav batches, the audio
+encoder, which runs once per prompt, and the rest). Goal on CPU: N=8 engine >= 4x the sequential units/s, first-unit
+p95 <= 2x solo.
 """
 
 import argparse
@@ -116,7 +117,25 @@ def run_engine(model, prompts: list[dict], kwargs: dict, stagger: int) -> dict:
     else:
         memory_mb = peak_cache / len(prompts) / 2**20
     units = sum(s.num_speech_tokens for s in stats)
-    return _summary("engine", units, seconds, stats, memory_mb)
+    result = _summary("engine", units, seconds, stats, memory_mb)
+    result["work"] = {**engine.stats(), "seconds": seconds, "audio_encoder_seconds": _audio_encoder_seconds(stats)}
+    return result
+
+
+def _audio_encoder_seconds(stats: list) -> float:
+    """Seconds the audio encoder ran, over all conversations (it runs once per prompt, never batched here)."""
+    return sum(s.stage_seconds.get("audio_encoder", 0.0) for s in stats)
+
+
+def _work_line(count: int, work: dict) -> str:
+    """Where the engine's time went: LM forwards, token2wav batches, the audio encoder, the rest (sampling, events)."""
+    rest = work["seconds"] - work["forward_seconds"] - work["token2wav_seconds"] - work["audio_encoder_seconds"]
+    forwards = f"{work['forwards']} LM forwards {work['forward_seconds']:.1f} s"
+    token2wav = f"token2wav {work['token2wav_chunks']} chunks in {work['token2wav_batches']} batches"
+    return (
+        f"{count:>3} engine time {work['seconds']:.1f} s: {forwards}, {token2wav} {work['token2wav_seconds']:.1f} s "
+        f"(+ each answer's last chunk), audio encoder {work['audio_encoder_seconds']:.1f} s, rest {rest:.1f} s"
+    )
 
 
 def run_sequential(model, prompts: list[dict], kwargs: dict) -> dict:
@@ -189,6 +208,7 @@ def main(argv: list[str] | None = None) -> None:
         sequential = solo if count == 1 else run_sequential(model, prompts, kwargs)
         print(_row(count, engine))
         print(_row(count, sequential))
+        print(_work_line(count, engine["work"]))
         print(
             f"{count:>3} engine/seq  {engine['units_per_s'] / sequential['units_per_s']:>8.2f}x units/s, "
             f"first-unit p95 {engine['unit_p95'] / solo['unit_p95']:.2f}x solo "

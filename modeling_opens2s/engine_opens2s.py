@@ -627,6 +627,9 @@ class OpenS2SEngine:
         self.running = False
         self.next_id = 0
         self.steps = 0
+        # Work done so far, for benchmarks and monitoring: LM forwards, and token2wav batches (and the chunks in them).
+        self.work = dict.fromkeys(("forwards", "token2wav_batches", "token2wav_chunks"), 0)
+        self.work |= dict.fromkeys(("forward_seconds", "token2wav_seconds"), 0.0)
 
     def submit(self, inputs: Mapping, **stream_kwargs) -> Conversation:
         """Queue one conversation.
@@ -657,7 +660,9 @@ class OpenS2SEngine:
         return conversation
 
     def stats(self) -> dict:
-        """`{"active": ..., "queued": ..., "max_active": ..., "max_queued": ..., "steps": ..., "running": ...}`."""
+        """`{"active", "queued", "max_active", "max_queued", "steps", "running"}` and the work done so far:
+        `"forwards"` (LM forwards run) and their `"forward_seconds"`, `"token2wav_batches"` (flow + vocoder calls),
+        `"token2wav_chunks"` (chunks rendered in them) and their `"token2wav_seconds"`."""
         with self.lock:
             return {
                 "active": len(self.active),
@@ -666,6 +671,7 @@ class OpenS2SEngine:
                 "max_queued": self.max_queued,
                 "steps": self.steps,
                 "running": self.running,
+                **self.work,
             }
 
     @torch.no_grad()
@@ -738,6 +744,8 @@ class OpenS2SEngine:
                     self._leave(owners[id(feed)])
                 continue
             seconds = time.perf_counter() - begin
+            self.work["forwards"] += 1
+            self.work["forward_seconds"] += seconds
             for feed in group:
                 conversation = owners[id(feed)]
                 conversation.interleaver.clock.add("compile" if compiling else feed.stage, seconds)
@@ -797,6 +805,9 @@ class OpenS2SEngine:
             return
         seconds = time.perf_counter() - begin
         _compiled_chunk_shapes.add(key)
+        self.work["token2wav_batches"] += 1
+        self.work["token2wav_chunks"] += len(members)
+        self.work["token2wav_seconds"] += seconds
         for member, waveform in zip(members, waveforms, strict=True):
             member.audio_waited = 0
             for event in member.interleaver.audio_events(waveform, seconds, "compile" if compiling else "token2wav"):
