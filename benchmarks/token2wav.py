@@ -7,7 +7,8 @@ Run from the repository root (nothing is downloaded; the decoder has seeded rand
     python -m benchmarks.token2wav --size full --device cuda --dtype bfloat16   # lent GPU
 
 Other options: `--threads N` (`torch.set_num_threads`; on a loaded 2-core CPU `--threads 1` avoids OpenMP
-oversubscription), `--seed 0`, `--skip-original` (the slow row).
+oversubscription), `--seed 0`, `--skip-original` (the slow row), `--repeats 3` (first audio measured again per side,
+alternating, and the medians compared: one first chunk is a short, noisy measurement on a shared machine).
 
 `--units` random unit ids (12.5 units/s: 250 units = 20 s at 22.05 kHz), after a warm-up pass over one block:
 
@@ -40,6 +41,7 @@ Example, `--size full --units 120 --threads 1` on the shared 2-core CPU (loaded 
 """
 
 import argparse
+import statistics
 import time
 from dataclasses import dataclass, field
 
@@ -132,6 +134,31 @@ def run_stream(
     return run, stream
 
 
+@torch.inference_mode()
+def first_audio_seconds(model: OpenS2SToken2Wav, units: list[int], mode: str, seed: int) -> float:
+    """Seconds from a fresh stream to its first audio, the units pushed one at a time as in [`run_stream`]."""
+    generator = torch.Generator().manual_seed(seed) if mode == "blocks" else None
+    _sync(model.device)
+    start = time.perf_counter()
+    stream = model.start_stream(mode=mode, generator=generator)
+    for unit in units:
+        waveform = stream.push([unit])
+        _sync(model.device)
+        if waveform.shape[-1]:
+            return time.perf_counter() - start
+    raise ValueError(f"{len(units)} units give no audio before finish(): use more --units")
+
+
+def median_first_audio(model: OpenS2SToken2Wav, units: list[int], seed: int, repeats: int) -> dict[str, float]:
+    """Median first-audio seconds of `repeats` runs per side, ours and the original alternating (so a slow spell of
+    a shared machine hits both sides alike)."""
+    times: dict[str, list[float]] = {"ours stream": [], "original": []}
+    for _ in range(repeats):
+        times["ours stream"].append(first_audio_seconds(model, units, "blocks", seed))
+        times["original"].append(first_audio_seconds(model, units, "original", seed))
+    return {name: statistics.median(values) for name, values in times.items()}
+
+
 def _flow_units(stream: BlockStream | OriginalStream, before: int) -> int:
     """Units the flow read in the last call: ours from `.costs[before:]`; the original re-reads its whole history."""
     if isinstance(stream, BlockStream):
@@ -220,6 +247,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads; default: torch's choice")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--skip-original", action="store_true", help="skip the (slow) original schedule")
+    parser.add_argument(
+        "--repeats", type=int, default=3, help="first-audio runs per side, alternating, medians printed (0: none)"
+    )
     return parser.parse_args(argv)
 
 
@@ -250,6 +280,13 @@ def main(argv: list[str] | None = None) -> dict[str, Run]:
     lines = _format_table(runs, audio_s) + [""] + _format_ratios(offline, stream, original) + [""]
     print("\n".join(lines + _format_chunks(stream, session, original) + [""]))
     print("\n".join(check_samples(offline, stream, original, config.hop_length)))
+    if original is not None and args.repeats > 0:
+        medians = median_first_audio(model, units, args.seed, args.repeats)
+        ratio = medians["original"] / medians["ours stream"]
+        print(
+            f"first audio, median of {args.repeats} alternating runs: ours {medians['ours stream']:.3f} s, original "
+            f"{medians['original']:.3f} s, {ratio:.2f}x sooner {_goal(ratio, GOAL_FIRST_AUDIO_SPEEDUP, True)}"
+        )
     return {run.name: run for run in runs}
 
 

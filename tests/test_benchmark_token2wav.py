@@ -44,6 +44,7 @@ def test_tiny_run_prints_rows_and_keeps_every_frame(token2wav_benchmark, capsys:
         "last / first chunk cost, ours stream:",
         "last / first chunk cost, original:",
         "ours stream per-chunk flow frames:",
+        "first audio, median of 3 alternating runs: ours ",
     ]:
         assert any(line.startswith(prefix) for line in lines), prefix
     assert list(runs) == ROWS
@@ -57,6 +58,7 @@ def test_tiny_run_prints_rows_and_keeps_every_frame(token2wav_benchmark, capsys:
 def test_skip_original_drops_its_row(token2wav_benchmark, capsys: pytest.CaptureFixture):
     runs = token2wav_benchmark.main(["--size", "tiny", "--units", "12", "--threads", "1", "--skip-original"])
     lines = capsys.readouterr().out.splitlines()
+    assert not any(line.startswith("first audio, median") for line in lines)  # there is no original to compare
     assert [row[:14].strip() for row in _table_rows(lines)] == ROWS[:2]
     assert list(runs) == ROWS[:2]
     assert not any(line.startswith("samples: original") for line in lines)
