@@ -17,6 +17,15 @@ __all__ = ["FIRST_AUDIO_BUCKETS", "Metrics"]
 FIRST_AUDIO_BUCKETS = (0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0)
 
 
+# Counters of the engine's `stats()` exported as `opens2s_engine_<key>_total`: how much batching the load gets
+# (chunks / batches above 1 means token2wav renders batched; forwards per answer falls as conversations share steps).
+ENGINE_WORK = (
+    ("forwards", "LM forwards run (every conversation's new positions of one LM packed into one)."),
+    ("token2wav_batches", "token2wav flow + vocoder calls (ready chunks of one shape render as one batch)."),
+    ("token2wav_chunks", "token2wav chunks rendered in those calls."),
+)
+
+
 def _labels(**labels: str) -> str:
     def escape(value: str) -> str:
         return str(value).replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
@@ -70,6 +79,12 @@ class Metrics:
                 "# HELP opens2s_queued_conversations Admitted answers waiting for a slot.",
                 "# TYPE opens2s_queued_conversations gauge",
                 f"opens2s_queued_conversations {stats.get('queued', 0)}",
+            ]
+            for key, help_text in ENGINE_WORK:
+                if key in stats:  # the continuous-batching engine's counters
+                    name = f"opens2s_engine_{key}_total"
+                    lines += [f"# HELP {name} {help_text}", f"# TYPE {name} counter", f"{name} {stats[key]}"]
+            lines += [
                 "# HELP opens2s_first_audio_seconds Time from a request's arrival to its first audio chunk.",
                 "# TYPE opens2s_first_audio_seconds histogram",
             ]

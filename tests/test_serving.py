@@ -172,6 +172,9 @@ def test_streaming_answer_equals_model_stream(served, client):
     assert audio_chunks > 1, "audio is streamed in chunks as token2wav produces them"
     assert usage is not None and usage.completion_tokens == SHORT
     assert _metric(base_url, "opens2s_first_audio_seconds_count") == before + 1
+    # The engine's work counters are exported: this answer's forwards and rendered chunks are in them.
+    assert _metric(base_url, "opens2s_engine_forwards_total") >= SHORT
+    assert _metric(base_url, "opens2s_engine_token2wav_chunks_total") >= 1
 
 
 def test_multi_turn_feeds_earlier_answers_back_as_text(served, client):
