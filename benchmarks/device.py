@@ -2,7 +2,7 @@
 
 Run from the repository root (nothing is downloaded; every model has seeded random weights):
 
-    python -m benchmarks.device --device cuda      # one H100/H200: real dims in bf16, well under 8 minutes
+    python -m benchmarks.device --device cuda      # one H100/H200: real dims in bf16 (never run yet: budget 8 min)
     python -m benchmarks.device --threads 1        # CPU: the mid-size LMs in fp32
 
 On `--device cuda` the LMs have the real dimensions (Qwen3-8B LLM, the 1.7B speech decoder: `SIZES["full"]` of
