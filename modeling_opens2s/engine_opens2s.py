@@ -99,7 +99,7 @@ def _pad_rows(tensor: torch.Tensor, rows: int) -> torch.Tensor:
     return torch.cat([tensor, tensor.new_zeros(rows - tensor.shape[0], *tensor.shape[1:])])
 
 
-def _row_masks(model, feeds: list[_Feed], inputs: list[torch.Tensor], positions: list) -> dict[str, list]:
+def _feed_masks(model, feeds: list[_Feed], inputs: list[torch.Tensor], positions: list) -> dict[str, list]:
     """Per layer type, every feed's attention mask, built as the LM's own forward builds it for a batch of one."""
     masks: dict[str, list] = {"full_attention": []}
     if getattr(model, "has_sliding_layers", False):
@@ -204,7 +204,7 @@ def forward_packed(causal_lm, feeds: list[_Feed]) -> None:
         spans.append((start, start + embeds.shape[1]))
         start += embeds.shape[1]
     positions = [feed.state.advance(embeds.shape[1]) for feed, embeds in zip(feeds, inputs, strict=True)]
-    masks = _row_masks(model, feeds, inputs, positions)
+    masks = _feed_masks(model, feeds, inputs, positions)
     packed = _pad_rows(torch.cat(inputs, dim=1)[0], MIN_GEMM_ROWS)[None]
     position_ids = _pad_rows(torch.cat([position_ids for _, position_ids in positions], dim=1)[0], MIN_GEMM_ROWS)
     with _attention_packed(model.config):
@@ -765,22 +765,22 @@ class OpenS2SEngine:
             if conversation.interleaver is not None and conversation.interleaver.renders_apart
         ]
         while True:
-            batches: dict[tuple, list[Conversation]] = {}
+            batches: dict[tuple, tuple] = {}  # group -> (the chunks' batch key, conversations)
             for conversation in speaking:
                 stream = conversation.interleaver.audio_stream if conversation.interleaver is not None else None
                 if stream is not None and stream.ready:
                     key = stream.batch_key()
                     # A compiled estimator has fixed shapes: every batch size would compile a new graph.
-                    key = (key, conversation.id) if key.estimator is not None else key
-                    batches.setdefault(key, []).append(conversation)
-            due = [members for members in batches.values() if self._audio_due(members, len(speaking))]
+                    group = (key, conversation.id) if key.estimator is not None else key
+                    batches.setdefault(group, (key, []))[1].append(conversation)
+            due = [(key, members) for key, members in batches.values() if self._audio_due(members, len(speaking))]
             if not due:  # what is left waits this step
-                for members in batches.values():
+                for _, members in batches.values():
                     for member in members:
                         member.audio_waited += 1
                 return
-            for members in due:
-                self._render_batch(members)
+            for key, members in due:
+                self._render_batch(key, members)
 
     @staticmethod
     def _audio_due(members: list[Conversation], speaking: int) -> bool:
@@ -790,8 +790,8 @@ class OpenS2SEngine:
             or any(member.audio_waited >= _MAX_AUDIO_WAIT_STEPS for member in members)
         )
 
-    def _render_batch(self, members: list[Conversation]) -> None:
-        key = members[0].interleaver.audio_stream.batch_key()
+    def _render_batch(self, key, members: list[Conversation]) -> None:
+        """Render the ready chunks of `members` (one `batch_key()`: `key`) as one batch; queue their audio events."""
         # The first chunk of a shape through a compiled estimator compiles it: counted as "compile", not token2wav.
         # (Ids, not the objects: the set must not keep a model alive.)
         key = key._replace(model=id(key.model), estimator=id(key.estimator) if key.estimator is not None else None)
