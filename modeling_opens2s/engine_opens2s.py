@@ -7,10 +7,10 @@ One [`OpenS2SEngine.step`] resumes every active conversation until it asks for i
 forwards together, one forward per LM, and hands each conversation its own hidden states and logits back.
 Conversations join and leave between steps; rows in different phases (prefill, text chunk, speech chunk, flush) simply
 ask different LMs, or the same LM for a different number of positions: the feeds of one LM are packed into one
-sequence whatever their lengths. A step need not run every LM: an LM's step costs about the same for 1 feed as for 8,
-so of the forwards holding single positions only, the largest runs (with those of conversations still before their
-first unit, and any that waited `_MAX_WAIT_STEPS`), and the others wait until the rest reach their phase (see
-[`OpenS2SEngine._choose`]). Waiting changes when a row runs, never what it computes.
+sequence whatever their lengths. A step need not run every feed: an LM's step costs about the same for 1 feed as for 8,
+so LLM feeds wait (a bounded number of steps) until the conversations meet at the start of a text chunk, and from then
+on each LM forward holds them all; newcomers never wait (see [`OpenS2SEngine._choose`]). Waiting changes when a row
+runs, never what it computes.
 
 How a packed forward keeps each conversation's greedy ids exactly those of a solo run:
 
@@ -521,6 +521,8 @@ class Conversation:
         self.events: queue.Queue = queue.Queue()
         self.request: _Feed | None = None  # the forward it waits for
         self.waited = 0  # engine steps that request has waited (see `OpenS2SEngine._choose`)
+        self.last_lm = None  # the LM of its last forward, and how many forwards of that LM ran in a row
+        self.run_length = 0
         self.audio_waited = 0  # engine steps its ready token2wav chunk has waited (see `OpenS2SEngine._render_audio`)
         self.done = False  # generation is over (finished, cancelled or failed); events may still be queued
         self.drained = False
@@ -547,6 +549,16 @@ class Conversation:
             self.drained = True
             raise item
         return item
+
+    def ran(self, causal_lm) -> None:
+        """Count a forward of `causal_lm` (see [`run_of`])."""
+        self.run_length = self.run_length + 1 if causal_lm is self.last_lm else 1
+        self.last_lm = causal_lm
+
+    def run_of(self, causal_lm) -> int:
+        """Forwards of `causal_lm` run since the conversation last used the other LM: how far it is into its current
+        text chunk (for the LLM) or speech chunk (for the decoder); 0 before the chunk's first forward."""
+        return self.run_length if causal_lm is self.last_lm else 0
 
     def cancel(self) -> None:
         """Stop this conversation now (between two engine steps) and free its caches and token2wav state; the other
@@ -694,7 +706,7 @@ class OpenS2SEngine:
                 else:
                     feeds.append(feed)
             owners = {id(conversation.request): conversation for conversation in self.active if conversation.request}
-            groups = self._choose(_forward_groups(feeds, pack=self.fast is None), owners)
+            groups = _forward_groups(self._choose(feeds, owners), pack=self.fast is None)
             for conversation in owners.values():
                 conversation.waited += 1
             self._run(groups, owners)
@@ -702,28 +714,41 @@ class OpenS2SEngine:
             self.steps += 1
             return bool(self.active or self.queued)
 
-    def _choose(self, groups: list[list[_Feed]], owners: dict) -> list[list[_Feed]]:
-        """The forwards of this step. Every forward holding a multi-position feed (a prompt, a speech-chunk head)
-        runs, with whatever single-position feeds of its LM are packed in it; of the forwards of single-position
-        feeds only, the one with the most feeds (the LLM's on a tie), plus any that holds a conversation without its
-        first unit yet (first-unit latency) or one that has waited `_MAX_WAIT_STEPS` steps. The others wait a step:
-        each LM's step costs about the same for 1 or 8 feeds, so conversations in other phases of their text/speech
-        cycle fall in step with the largest group instead of each LM running every step for a few."""
-        singles = [group for group in groups if all(feed.inputs_embeds.shape[1] == 1 for feed in group)]
-        if len(singles) < 2:
-            return groups
+    def _choose(self, feeds: list[_Feed], owners: dict) -> list[_Feed]:
+        """The feeds that run this step; the others wait (never more than `_MAX_WAIT_STEPS` steps).
+
+        An LM's step costs about the same for 1 feed as for 8, so the schedule brings conversations into step: all of
+        them in the same point of their text/speech cycle, each LM forward holding every conversation. The meeting
+        point is the start of a text chunk, because the LLM is the larger (and slower) model: its steps should hold
+        the most rows. So, with `owners` mapping `id(feed)` to its conversation:
+
+        - speech decoder feeds always run;
+        - a conversation before its first speech token (a newcomer: its prompt and first text chunk; or one that
+          writes text only) never waits, for first-unit latency, nor does one that has waited `_MAX_WAIT_STEPS`;
+        - the other LLM feeds wait while a conversation that comes back to the LLM is in its speech chunk (cheap
+          decoder steps: it joins them at the start of the next text chunk), and otherwise only those least far
+          into their text chunk run, so that those ahead wait for them (a newcomer's first chunk may have started
+          while the others were halfway through theirs).
+        """
         text_lm = self.model.language_model
-        largest = max(singles, key=lambda group: (len(group), group[0].state.causal_lm is text_lm))
+        text = [feed for feed in feeds if feed.state.causal_lm is text_lm]
+        if not text:
+            return feeds
 
-        def urgent(group: list[_Feed]) -> bool:
-            return any(
-                owners[id(feed)].waited >= _MAX_WAIT_STEPS
-                or owners[id(feed)].interleaver.stats.time_to_first_units is None
-                for feed in group
-            )
+        def urgent(feed: _Feed) -> bool:
+            conversation = owners[id(feed)]
+            return conversation.waited >= _MAX_WAIT_STEPS or conversation.interleaver.stats.num_speech_tokens == 0
 
-        single_ids = {id(group) for group in singles}
-        return [group for group in groups if id(group) not in single_ids or group is largest or urgent(group)]
+        chosen = {id(feed) for feed in text if urgent(feed)}
+        coming_back = any(
+            feed.state.causal_lm is not text_lm and not owners[id(feed)].interleaver.text_finished for feed in feeds
+        )
+        others = [feed for feed in text if id(feed) not in chosen]
+        if others and not coming_back:
+            position = {id(feed): owners[id(feed)].run_of(text_lm) for feed in others}
+            least = min(position.values())
+            chosen |= {id(feed) for feed in others if position[id(feed)] == least}
+        return [feed for feed in feeds if feed.state.causal_lm is not text_lm or id(feed) in chosen]
 
     def _run(self, groups: list[list[_Feed]], owners: dict) -> None:
         """Run the forwards of `groups`; each of their conversations' requests is answered (or the conversation
@@ -752,6 +777,7 @@ class OpenS2SEngine:
                 conversation = owners[id(feed)]
                 conversation.interleaver.clock.add("compile" if compiling else feed.stage, seconds)
                 conversation.request, conversation.waited = None, 0
+                conversation.ran(feed.state.causal_lm)
 
     def _render_audio(self) -> None:
         """Render the ready token2wav chunks of the active conversations (block streaming), the chunks of one shape

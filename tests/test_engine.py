@@ -198,6 +198,39 @@ def test_rows_in_other_phases_wait_a_bounded_number_of_steps_and_keep_their_ids(
         assert mine["speech"] == reference["speech"], f"conversation {index}: decoder ids differ"
 
 
+def test_conversations_fall_in_step_so_llm_forwards_hold_them_all(tiny, prompts, monkeypatch):
+    """Four conversations arriving two steps apart with equal budgets (no EOS): once each newcomer has its first unit,
+    the schedule brings them to the start of a text chunk together, so the LLM runs about one text budget of forwards
+    for all of them (plus each newcomer's first chunk), not one per phase offset; ids stay those alone."""
+    model, processor = tiny
+    text_eos = model.generation_config.eos_token_id
+    speech_eos = model.config.speech_decoder_config.eos_token_id
+    budget, span = 24, model.config.text_span
+    kwargs = {"max_new_tokens": budget, "speech_max_new_tokens": 80, "token2wav": False}
+    kwargs |= {"suppress_tokens": list(np.atleast_1d(text_eos)), "speech_suppress_tokens": [speech_eos]}
+    alone = [solo(tiny, inputs, **kwargs) for inputs in prompts]
+    engine = model.engine(processor=processor)
+    module = sys.modules[type(engine).__module__]  # the remote-code copy of the engine module, if any
+    text_forwards = []
+
+    def recording_forward_packed(causal_lm, feeds):
+        if causal_lm is model.language_model:
+            text_forwards.append(len(feeds))
+        return forward_packed(causal_lm, feeds)
+
+    forward_packed = module.forward_packed
+    monkeypatch.setattr(module, "forward_packed", recording_forward_packed)
+    together = run_plan(engine, [(2 * index, inputs, kwargs) for index, inputs in enumerate(prompts)])
+    assert all(len(result["text"]) == budget for result in together)
+    # Out of step, each phase offset runs its own LLM forwards (up to 4 x 24 here); in step, one budget for all, plus
+    # at most a first text chunk per newcomer outside the others' phase.
+    assert len(text_forwards) <= budget + span * len(prompts)
+    assert text_forwards.count(len(prompts)) >= budget - 2 * span
+    for index, (mine, reference) in enumerate(zip(together, alone, strict=True)):
+        assert mine["text"] == reference["text"], f"conversation {index}: text ids differ"
+        assert mine["speech"] == reference["speech"], f"conversation {index}: decoder ids differ"
+
+
 def test_seeded_sampling_does_not_depend_on_neighbours(tiny, prompts):
     model, processor = tiny
     sampled = {"do_sample": True, "temperature": 0.9, "top_k": 20, "speech_do_sample": True, "token2wav": False}
@@ -246,8 +279,10 @@ def test_ready_token2wav_chunks_of_several_conversations_render_as_one_batch(tin
         for chunk, expected in zip(mine["audio"], reference["audio"], strict=True):
             np.testing.assert_allclose(chunk, expected, rtol=0, atol=1e-5)
         assert mine["done"].stats.time_to_first_audio is not None
-    # Arrivals one step apart: a ready chunk (after the first) waits a bounded number of steps for the others to
-    # reach the same chunk shape, so batches still form; the audio is the same.
+    # Arrivals one step apart, and every feed running at every step (the LM schedule would bring them in step): a
+    # ready chunk (after the first) waits a bounded number of steps for the others to reach the same chunk shape, so
+    # batches still form; the audio is the same.
+    monkeypatch.setattr(type(engine), "_choose", lambda self, feeds, owners: feeds)
     batch_sizes.clear()
     bound = module._MAX_AUDIO_WAIT_STEPS
     conversations, waits = [], []
