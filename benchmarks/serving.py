@@ -118,23 +118,21 @@ def run_engine(model, prompts: list[dict], kwargs: dict, stagger: int) -> dict:
         memory_mb = peak_cache / len(prompts) / 2**20
     units = sum(s.num_speech_tokens for s in stats)
     result = _summary("engine", units, seconds, stats, memory_mb)
-    result["work"] = {**engine.stats(), "seconds": seconds, "audio_encoder_seconds": _audio_encoder_seconds(stats)}
+    result["work"] = {**engine.stats(), "seconds": seconds, "side_threads": engine.side.threads if engine.side else 0}
     return result
 
 
-def _audio_encoder_seconds(stats: list) -> float:
-    """Seconds the audio encoder ran, over all conversations (it runs once per prompt, never batched here)."""
-    return sum(s.stage_seconds.get("audio_encoder", 0.0) for s in stats)
-
-
 def _work_line(count: int, work: dict) -> str:
-    """Where the engine's time went: LM forwards, token2wav batches, the audio encoder, the rest (sampling, events)."""
-    rest = work["seconds"] - work["forward_seconds"] - work["token2wav_seconds"] - work["audio_encoder_seconds"]
+    """Where the engine's time went: LM forwards, token2wav batches, the audio encoder, the part of those two that
+    ran beside the loop on the side worker, and the rest of the loop (sampling, events)."""
+    in_loop = work["forward_seconds"] + work["token2wav_seconds"] + work["audio_encoder_seconds"]
+    rest = work["seconds"] - in_loop + work["side_seconds"]
     forwards = f"{work['forwards']} LM forwards {work['forward_seconds']:.1f} s"
-    token2wav = f"token2wav {work['token2wav_chunks']} chunks in {work['token2wav_batches']} batches"
+    token2wav = f"token2wav {work['token2wav_chunks']} chunks in {work['token2wav_batches']} batches + last chunks"
     return (
-        f"{count:>3} engine time {work['seconds']:.1f} s: {forwards}, {token2wav} {work['token2wav_seconds']:.1f} s "
-        f"(+ each answer's last chunk), audio encoder {work['audio_encoder_seconds']:.1f} s, rest {rest:.1f} s"
+        f"{count:>3} engine time {work['seconds']:.1f} s: {forwards}, {token2wav} {work['token2wav_seconds']:.1f} s, "
+        f"audio encoder {work['audio_encoder_seconds']:.1f} s; beside the loop {work['side_seconds']:.1f} s "
+        f"({work['side_threads']} side threads); rest of the loop {rest:.1f} s"
     )
 
 

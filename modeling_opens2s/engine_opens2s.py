@@ -50,12 +50,14 @@ in powers of two from 64 (a longer answer recompiles once per new length).
 """
 
 import logging
+import os
 import queue
 import threading
 import time
 import weakref
 from collections import deque
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from contextlib import contextmanager
 
 import torch
@@ -65,7 +67,7 @@ from transformers.models.qwen3.modeling_qwen3 import eager_attention_forward
 
 from .audio_lengths_opens2s import audio_embedding_lengths
 from .modeling_token2wav_streaming import render_chunks
-from .streaming_opens2s import _Feed, _Interleaver, new_conversation
+from .streaming_opens2s import _Feed, _Interleaver, _SideWork, new_conversation
 
 
 __all__ = ["Conversation", "EngineFull", "OpenS2SEngine", "split_batch", "stream"]
@@ -463,6 +465,62 @@ class _FastPath:
         return compiling
 
 
+# ---------------------------------------------------------------------------------------------------------- side work
+class _SideWorker:
+    """One thread beside the engine loops of the process, for compute-bound work of single conversations: prompt
+    encoding and token2wav chunks. The loop's LM steps are bound by memory bandwidth on CPU (a second intra-op
+    thread barely speeds them up), the audio encoder and token2wav by arithmetic, so a core that torch's intra-op
+    pool leaves free does that work while the loop decodes. Its thread sets its own intra-op thread count
+    (thread-local in torch). It takes one job at a time: an engine whose job finds it busy runs the job in its loop
+    instead, so work never queues up behind it."""
+
+    _by_threads: dict[int, "_SideWorker"] = {}
+    _guard = threading.Lock()
+
+    def __init__(self, threads: int):
+        self.threads = threads
+        self.executor = ThreadPoolExecutor(1, "opens2s-side", initializer=torch.set_num_threads, initargs=(threads,))
+        self.lock = threading.Lock()
+        self.in_flight = 0
+
+    @classmethod
+    def shared(cls, threads: int) -> "_SideWorker":
+        """The process's side worker with `threads` intra-op threads (made on first use)."""
+        with cls._guard:
+            worker = cls._by_threads.get(threads)
+            if worker is None:
+                worker = cls._by_threads[threads] = cls(threads)
+            return worker
+
+    def try_submit(self, function: Callable[[], object]) -> Future | None:
+        """Run `function` on the worker's thread; `None` (nothing started) when a job is running already."""
+        with self.lock:
+            if self.in_flight:
+                return None
+            self.in_flight += 1
+        future = self.executor.submit(function)
+        future.add_done_callback(self._release)
+        return future
+
+    def _release(self, _future: Future) -> None:
+        with self.lock:
+            self.in_flight -= 1
+
+
+def side_threads_of(model, requested: int | None = None) -> int:
+    """Intra-op threads of the side worker for `model` (0: none, the engine loop does everything). Unless
+    `requested`: on CPU, the cores that torch's intra-op pool leaves free (at most as many as it uses); on CUDA none
+    (a side stream would serve there; not measured yet)."""
+    if requested is not None:
+        if requested < 0:
+            raise ValueError(f"side_threads must be >= 0, got {requested}")
+        return requested
+    if model.device.type != "cpu":
+        return 0
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(0, min(cores - torch.get_num_threads(), torch.get_num_threads()))
+
+
 # ---------------------------------------------------------------------------------------------------------- batches
 def split_batch(model, inputs: Mapping) -> list[dict]:
     """One conversation's inputs per row of a batched processor output, as the processor gives them for that row
@@ -524,6 +582,12 @@ class Conversation:
         self.last_lm = None  # the LM of its last forward, and how many forwards of that LM ran in a row
         self.run_length = 0
         self.audio_waited = 0  # engine steps its ready token2wav chunk has waited (see `OpenS2SEngine._render_audio`)
+        # Side work beside the loop (see `OpenS2SEngine._side`): a request the schedule waits for (`job`), one that
+        # waits for the chunk this conversation is rendering (`parked`), and that chunk (`rendering`: the schedule
+        # goes on meanwhile, no other token2wav work of its stream may start).
+        self.job: Future | None = None
+        self.parked: _SideWork | None = None
+        self.rendering: Future | None = None
         self.done = False  # generation is over (finished, cancelled or failed); events may still be queued
         self.drained = False
 
@@ -550,6 +614,11 @@ class Conversation:
             raise item
         return item
 
+    @property
+    def beside_loop(self) -> bool:
+        """Whether some of its work runs (or waits to run) beside the loop."""
+        return self.job is not None or self.parked is not None or self.rendering is not None
+
     def ran(self, causal_lm) -> None:
         """Count a forward of `causal_lm` (see [`run_of`])."""
         self.run_length = self.run_length + 1 if causal_lm is self.last_lm else 1
@@ -567,12 +636,17 @@ class Conversation:
 
     # ---- engine side (called under the engine's lock)
     def advance(self) -> _Feed | None:
-        """Resume the schedule until it asks for a forward (returned) or ends (`None`); events go to the queue."""
+        """Resume the schedule until it asks for a forward (returned), hands side work to the worker (`None`, with
+        `job` set) or ends (`None`); events go to the queue. Side work that stays in the loop runs here."""
         try:
             for item in self.schedule:
                 if isinstance(item, _Feed):
                     self.request = item
                     return item
+                if isinstance(item, _SideWork):
+                    if self.engine._side(self, item):
+                        return None
+                    continue
                 self.events.put(item)
         except Exception as error:  # noqa: BLE001 - the error belongs to this conversation's caller
             self.finish(error)
@@ -625,9 +699,21 @@ class OpenS2SEngine:
     each conversation from its own thread), and `engine.stop()` at the end.
     """
 
-    def __init__(self, model, processor=None, *, max_active: int = 8, max_queued: int = 32, compile: bool = False):
+    def __init__(
+        self,
+        model,
+        processor=None,
+        *,
+        max_active: int = 8,
+        max_queued: int = 32,
+        compile: bool = False,
+        side_threads: int | None = None,
+    ):
         if max_active < 1 or max_queued < 0:
             raise ValueError(f"need max_active >= 1 and max_queued >= 0, got {max_active} and {max_queued}")
+        threads = side_threads_of(model, side_threads)
+        self.side = _SideWorker.shared(threads) if threads else None
+        self.side_jobs: list[tuple[Future, Callable[[Future], None]]] = []  # in flight, and how to take each back
         self.fast = _FastPath(model, max_active) if compile else None
         self.model = model
         self.forward_lock = _forward_lock(model)
@@ -641,9 +727,11 @@ class OpenS2SEngine:
         self.running = False
         self.next_id = 0
         self.steps = 0
-        # Work done so far, for benchmarks and monitoring: LM forwards, and token2wav batches (and the chunks in them).
+        # Work done so far, for benchmarks and monitoring: LM forwards, token2wav batches (and the chunks in them),
+        # seconds of each kind of work, and of the part that ran beside the loop (prompt encoding, token2wav).
         self.work = dict.fromkeys(("forwards", "token2wav_batches", "token2wav_chunks"), 0)
-        self.work |= dict.fromkeys(("forward_seconds", "token2wav_seconds"), 0.0)
+        seconds = ("forward_seconds", "token2wav_seconds", "audio_encoder_seconds", "side_seconds")
+        self.work |= dict.fromkeys(seconds, 0.0)
 
     def submit(self, inputs: Mapping, **stream_kwargs) -> Conversation:
         """Queue one conversation.
@@ -675,8 +763,10 @@ class OpenS2SEngine:
 
     def stats(self) -> dict:
         """`{"active", "queued", "max_active", "max_queued", "steps", "running"}` and the work done so far:
-        `"forwards"` (LM forwards run) and their `"forward_seconds"`, `"token2wav_batches"` (flow + vocoder calls),
-        `"token2wav_chunks"` (chunks rendered in them) and their `"token2wav_seconds"`."""
+        `"forwards"` (LM forwards run) and their `"forward_seconds"`, `"token2wav_batches"` (flow + vocoder calls
+        of the engine's batches), `"token2wav_chunks"` (chunks rendered in them), `"token2wav_seconds"` (those
+        batches and each answer's last chunk), `"audio_encoder_seconds"` (prompt encoding) and `"side_seconds"`
+        (the part of the last two that ran beside the loop, on the side worker)."""
         with self.lock:
             return {
                 "active": len(self.active),
@@ -698,13 +788,11 @@ class OpenS2SEngine:
                 self.active.append(conversation)
                 if self.fast is not None:
                     self.fast.admit(conversation)
-            feeds = []
-            for conversation in list(self.active):
-                feed = conversation.request or conversation.advance()
-                if feed is None:
-                    self._leave(conversation)
-                else:
-                    feeds.append(feed)
+            self._take_back_side_jobs()
+            feeds = self._advance_all()
+            if not feeds and self.side_jobs:  # every conversation waits for side work: wait for the first to end
+                self._take_back_side_jobs(block=True)
+                feeds = self._advance_all()
             owners = {id(conversation.request): conversation for conversation in self.active if conversation.request}
             groups = _forward_groups(self._choose(feeds, owners), pack=self.fast is None)
             for conversation in owners.values():
@@ -713,6 +801,73 @@ class OpenS2SEngine:
             self._render_audio()
             self.steps += 1
             return bool(self.active or self.queued)
+
+    def _advance_all(self) -> list[_Feed]:
+        """Resume every active conversation that waits for nothing beside the loop; returns their forward requests
+        (conversations that ended leave)."""
+        feeds = []
+        for conversation in list(self.active):
+            if conversation.job is not None:
+                continue
+            if conversation.parked is not None:
+                if conversation.rendering is not None:
+                    continue
+                request, conversation.parked = conversation.parked, None
+                if self._side(conversation, request):
+                    continue
+            feed = conversation.request or conversation.advance()
+            if feed is not None:
+                feeds.append(feed)
+            elif conversation.job is None and conversation.parked is None:
+                self._leave(conversation)
+        return feeds
+
+    # ---- side work
+    def _side(self, conversation: Conversation, request: _SideWork) -> bool:
+        """Run a conversation's side work (its prompt's encoding, its last token2wav chunk): beside the loop when the
+        side worker is free (returns True: the conversation waits for it), else here in the loop (False). It waits
+        for a chunk of its stream that is still rendering beside the loop first (True as well)."""
+        if conversation.rendering is not None:
+            conversation.parked = request
+            return True
+
+        def take_back(done: Future) -> None:
+            conversation.job = None
+            self.work[f"{request.stage}_seconds"] += request.seconds
+            self.work["side_seconds"] += request.seconds
+            if done.exception() is not None:
+                self._fail([conversation], done.exception(), "side work")
+
+        future = self.side.try_submit(request.run) if self.side is not None else None
+        if future is None:
+            request.run()
+            self.work[f"{request.stage}_seconds"] += request.seconds
+            return False
+        conversation.job = future
+        self.side_jobs.append((future, take_back))
+        return True
+
+    def _take_back_side_jobs(self, block: bool = False) -> None:
+        """Take back the side work that has ended (results, audio events, errors), in the loop's thread; with
+        `block`, wait for the first to end."""
+        if block and self.side_jobs:
+            wait([future for future, _ in self.side_jobs], return_when=FIRST_COMPLETED)
+        running = []
+        for future, take_back in self.side_jobs:
+            if future.done():
+                take_back(future)
+            else:
+                running.append((future, take_back))
+        self.side_jobs = running
+
+    def _fail(self, conversations: list[Conversation], error: BaseException, what: str) -> None:
+        """End `conversations` with `error` (their callers get it); the others go on."""
+        logger.error("engine %s failed for %d conversation(s)", what, len(conversations), exc_info=error)
+        for conversation in conversations:
+            if not conversation.done:
+                conversation.finish(error)
+            if conversation in self.active:
+                self._leave(conversation)
 
     def _choose(self, feeds: list[_Feed], owners: dict) -> list[_Feed]:
         """The feeds that run this step; the others wait (never more than `_MAX_WAIT_STEPS` steps).
@@ -765,10 +920,7 @@ class OpenS2SEngine:
                     else:
                         self.fast.prefill(group[0])
             except Exception as error:  # noqa: BLE001 - handed to the callers of the rows of this forward
-                logger.exception("engine forward failed for %d conversation(s)", len(group))
-                for feed in group:
-                    owners[id(feed)].finish(error)
-                    self._leave(owners[id(feed)])
+                self._fail([owners[id(feed)] for feed in group], error, "forward")
                 continue
             seconds = time.perf_counter() - begin
             self.work["forwards"] += 1
@@ -781,19 +933,22 @@ class OpenS2SEngine:
 
     def _render_audio(self) -> None:
         """Render the ready token2wav chunks of the active conversations (block streaming), the chunks of one shape
-        as one batch through the flow and the vocoder ([`render_chunks`]); each conversation's audio events go to
-        its queue. A batch renders when it holds a conversation's first chunk (first audio never waits), a chunk
-        that has waited `_MAX_AUDIO_WAIT_STEPS` steps, or every conversation that speaks; otherwise it waits a step
-        for others to reach the same chunk shape. A conversation whose rendering fails ends with that error."""
-        speaking = [
-            conversation
-            for conversation in self.active
-            if conversation.interleaver is not None and conversation.interleaver.renders_apart
-        ]
+        as one batch through the flow and the vocoder ([`render_chunks`]), beside the loop when the side worker is
+        free (the conversations go on generating meanwhile); each conversation's audio events go to its queue. A
+        batch renders when it holds a conversation's first chunk (first audio never waits), a chunk that has waited
+        `_MAX_AUDIO_WAIT_STEPS` steps, or every conversation that speaks; otherwise it waits a step for others to
+        reach the same chunk shape. A conversation whose rendering fails ends with that error."""
         while True:
+            speaking = [
+                conversation
+                for conversation in self.active
+                if conversation.interleaver is not None
+                and conversation.interleaver.renders_apart
+                and not conversation.beside_loop
+            ]
             batches: dict[tuple, tuple] = {}  # group -> (the chunks' batch key, conversations)
             for conversation in speaking:
-                stream = conversation.interleaver.audio_stream if conversation.interleaver is not None else None
+                stream = conversation.interleaver.audio_stream
                 if stream is not None and stream.ready:
                     key = stream.batch_key()
                     # A compiled estimator has fixed shapes: every batch size would compile a new graph.
@@ -817,29 +972,51 @@ class OpenS2SEngine:
         )
 
     def _render_batch(self, key, members: list[Conversation]) -> None:
-        """Render the ready chunks of `members` (one `batch_key()`: `key`) as one batch; queue their audio events."""
+        """Render the ready chunks of `members` (one `batch_key()`: `key`) as one batch, beside the loop when the
+        side worker is free, else now; their audio events are queued when it has ended."""
         # The first chunk of a shape through a compiled estimator compiles it: counted as "compile", not token2wav.
         # (Ids, not the objects: the set must not keep a model alive.)
         key = key._replace(model=id(key.model), estimator=id(key.estimator) if key.estimator is not None else None)
         compiling = key.estimator is not None and key not in _compiled_chunk_shapes
-        begin = time.perf_counter()
-        try:
-            waveforms = render_chunks([member.interleaver.audio_stream for member in members])
-        except Exception as error:  # noqa: BLE001 - handed to the callers of these conversations
-            logger.exception("token2wav failed for %d conversation(s)", len(members))
+        streams = [member.interleaver.audio_stream for member in members]
+
+        def render() -> tuple[list[torch.Tensor], float]:
+            begin = time.perf_counter()
+            waveforms = render_chunks(streams)
+            return waveforms, time.perf_counter() - begin
+
+        def take_back(done: Future, beside: bool) -> None:
             for member in members:
-                member.finish(error)
-                self._leave(member)
+                member.rendering = None
+            if done.exception() is not None:
+                self._fail(members, done.exception(), "token2wav")
+                return
+            waveforms, seconds = done.result()
+            _compiled_chunk_shapes.add(key)
+            self.work["token2wav_batches"] += 1
+            self.work["token2wav_chunks"] += len(members)
+            self.work["token2wav_seconds"] += seconds
+            self.work["side_seconds"] += seconds if beside else 0.0
+            for member, waveform in zip(members, waveforms, strict=True):
+                member.audio_waited = 0
+                if member.done:  # cancelled meanwhile
+                    continue
+                stage = "compile" if compiling else "token2wav"
+                for event in member.interleaver.audio_events(waveform, seconds, stage):
+                    member.events.put(event)
+
+        future = self.side.try_submit(render) if self.side is not None else None
+        if future is not None:
+            for member in members:
+                member.rendering = future
+            self.side_jobs.append((future, lambda done: take_back(done, beside=True)))
             return
-        seconds = time.perf_counter() - begin
-        _compiled_chunk_shapes.add(key)
-        self.work["token2wav_batches"] += 1
-        self.work["token2wav_chunks"] += len(members)
-        self.work["token2wav_seconds"] += seconds
-        for member, waveform in zip(members, waveforms, strict=True):
-            member.audio_waited = 0
-            for event in member.interleaver.audio_events(waveform, seconds, "compile" if compiling else "token2wav"):
-                member.events.put(event)
+        future = Future()
+        try:
+            future.set_result(render())
+        except Exception as error:  # noqa: BLE001 - handed to the callers of these conversations
+            future.set_exception(error)
+        take_back(future, beside=False)
 
     def _leave(self, conversation: Conversation) -> None:
         """Take `conversation` out of the active ones (its slot of the fast path's caches is free again)."""

@@ -435,13 +435,59 @@ class _Feed:
     logits: torch.Tensor | None = None
 
 
+class _SideWork:
+    """Work of one conversation that needs no other conversation's rows (compute-bound, not batched with the LM
+    steps): the engine runs it in its loop, or beside it on its side worker, then resumes the conversation. `run`
+    fills the results and `seconds`; it touches nothing but this request's own objects."""
+
+    stage: ClassVar[str]
+    seconds: float = 0.0
+
+    def run(self) -> None:
+        begin = time.perf_counter()
+        self._run()
+        self.seconds = time.perf_counter() - begin
+
+    def _run(self) -> None:
+        raise NotImplementedError
+
+
+class _Encode(_SideWork):
+    """The prompt's input embeddings (the audio encoder and the adapter): `inputs_embeds` `(1, length, hidden)`."""
+
+    stage = "audio_encoder"
+
+    def __init__(self, model, input_ids, input_features, feature_attention_mask):
+        self.model, self.inputs = model, (input_ids, input_features, feature_attention_mask)
+        self.inputs_embeds: torch.Tensor | None = None
+
+    def _run(self) -> None:
+        self.inputs_embeds = self.model.embed_inputs(*self.inputs)
+        self.inputs = None
+
+
+class _FinishAudio(_SideWork):
+    """The token2wav session's last audio (`finish()`): `waveform` `(1, samples)`."""
+
+    stage = "token2wav"
+
+    def __init__(self, audio_stream):
+        self.audio_stream = audio_stream
+        self.waveform: torch.Tensor | None = None
+
+    def _run(self) -> None:
+        self.waveform = self.audio_stream.finish()
+
+
 # ---------------------------------------------------------------------------------------------------------- schedule
 class _Interleaver:
     """The state of one conversation: both LMs' cache states, what each generated, budgets, and the event timings.
 
-    [`run`] is the conversation's schedule written as a generator: it yields events for the caller and [`_Feed`]
-    requests for the engine, which runs the forwards of every active conversation together and resumes each one
-    with its results. Sampling (`_pick`), detokenizing and token2wav happen here, per conversation.
+    [`run`] is the conversation's schedule written as a generator: it yields events for the caller and requests for
+    the engine: [`_Feed`] (a forward, run together with the other conversations' forwards) and [`_SideWork`] (the
+    prompt's encoding, the last token2wav chunk: run in the engine's loop or beside it); the engine resumes the
+    conversation once a request has its results. Sampling (`_pick`), detokenizing and token2wav chunks that the
+    engine does not render itself happen here, per conversation.
     """
 
     def __init__(
@@ -488,10 +534,15 @@ class _Interleaver:
         yield request
         return request.hidden, request.logits
 
+    def _side(self, request: _SideWork):
+        """Ask the engine to run `request` (in its loop or beside it); its time counts in `request.stage`."""
+        yield request
+        self.clock.add(request.stage, request.seconds)
+
     def prefill(self, input_ids, input_features, feature_attention_mask):
-        with self.clock("audio_encoder"):
-            inputs_embeds = self.model.embed_inputs(input_ids, input_features, feature_attention_mask)
-        hidden, self.logits = yield from self._feed(self.text, inputs_embeds, "text_prefill")
+        encode = _Encode(self.model, input_ids, input_features, feature_attention_mask)
+        yield from self._side(encode)
+        hidden, self.logits = yield from self._feed(self.text, encode.inputs_embeds, "text_prefill")
         self.hidden = hidden[:, -1:]  # at `<|im_tts_start|>`: conditioning row 0
 
     def text_chunk(self):
@@ -606,7 +657,7 @@ class _Interleaver:
 
     def run(self, input_ids, input_features, feature_attention_mask):
         """The whole conversation: prefill, interleaved text/speech steps, the flush, then [`Done`]; yields events
-        and [`_Feed`] requests (see the class docstring)."""
+        and requests (see the class docstring)."""
         yield from self.prefill(input_ids, input_features, feature_attention_mask)
         while not self.text_finished:
             yield from self.text_chunk()
@@ -616,9 +667,9 @@ class _Interleaver:
         if not self.stats.speech_stop_reason:
             self.stats.speech_stop_reason = "max_new_tokens"
         if self.audio_stream is not None:
-            with self.clock("token2wav"):
-                waveform = self.audio_stream.finish()
-            yield from self._audio(waveform)
+            finish = _FinishAudio(self.audio_stream)
+            yield from self._side(finish)
+            yield from self._audio(finish.waveform)
         yield self.done()
 
     def done(self, stop_reason: str | None = None) -> Done:

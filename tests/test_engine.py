@@ -4,6 +4,9 @@ Tiny default model (random weights, seed 0). Conversations join at different eng
 different steps (budgets, a text EOS, a cancel) and differ in prompt, budgets and speaker embedding; every one's text
 ids and decoder ids must equal `model.stream` of that conversation alone (which is itself the engine with one
 conversation, and reproduces the original on the fixture sets: `test_streaming.py`).
+
+Tests of how the engine groups work (which feeds share a forward, which chunks share a token2wav batch) run without the
+side worker (`side_threads=0`): with it, when a prompt's encoding or a chunk ends depends on timing, never the ids.
 """
 
 import gc
@@ -156,7 +159,7 @@ def test_prefills_and_speech_heads_are_packed_with_other_feeds_and_ids_stay_thos
         {"max_new_tokens": 10, "speech_max_new_tokens": 25, "token2wav": False},
     ]
     alone = [solo(tiny, inputs, **kw) for inputs, kw in zip(prompts[:3], kwargs, strict=True)]
-    engine = model.engine(processor=processor)
+    engine = model.engine(processor=processor, side_threads=0)
     module = sys.modules[type(engine).__module__]  # the remote-code copy of the engine module, if any
     mixed = []
 
@@ -183,7 +186,7 @@ def test_rows_in_other_phases_wait_a_bounded_number_of_steps_and_keep_their_ids(
     model, processor = tiny
     kwargs = {"max_new_tokens": 12, "speech_max_new_tokens": 40, "token2wav": False}
     alone = [solo(tiny, inputs, **kwargs) for inputs in prompts]
-    engine = model.engine(processor=processor)
+    engine = model.engine(processor=processor, side_threads=0)
     bound = sys.modules[type(engine).__module__]._MAX_WAIT_STEPS
     conversations, waits = [], []
     while len(conversations) < len(prompts) or any(not c.done for c in conversations):
@@ -209,7 +212,7 @@ def test_conversations_fall_in_step_so_llm_forwards_hold_them_all(tiny, prompts,
     kwargs = {"max_new_tokens": budget, "speech_max_new_tokens": 80, "token2wav": False}
     kwargs |= {"suppress_tokens": list(np.atleast_1d(text_eos)), "speech_suppress_tokens": [speech_eos]}
     alone = [solo(tiny, inputs, **kwargs) for inputs in prompts]
-    engine = model.engine(processor=processor)
+    engine = model.engine(processor=processor, side_threads=0)
     module = sys.modules[type(engine).__module__]  # the remote-code copy of the engine module, if any
     text_forwards = []
 
@@ -261,7 +264,7 @@ def test_ready_token2wav_chunks_of_several_conversations_render_as_one_batch(tin
     kwargs = [{**kw, **budgets} for kw in kwargs]
     alone = [solo(tiny, prompts[0], **kw) for kw in kwargs]
     assert all(len(result["audio"]) >= 3 for result in alone)  # first, doubling and final chunks at least
-    engine = model.engine(processor=processor)
+    engine = model.engine(processor=processor, side_threads=0)
     module = sys.modules[type(engine).__module__]  # the remote-code copy of the engine module, if any
     batch_sizes = []
 
@@ -299,6 +302,59 @@ def test_ready_token2wav_chunks_of_several_conversations_render_as_one_batch(tin
     # Other seeds and voices really give other audio, so the rows did not share noise or speaker.
     assert not np.allclose(np.concatenate(together[0]["audio"]), np.concatenate(together[1]["audio"]), atol=1e-3)
     assert not np.allclose(np.concatenate(together[1]["audio"]), np.concatenate(together[2]["audio"]), atol=1e-3)
+
+
+def test_a_prompt_encoded_beside_the_loop_does_not_stall_the_others(tiny, prompts, monkeypatch):
+    """With a side worker, a newcomer's prompt is encoded on the worker's thread while the loop goes on decoding the
+    others; a prompt that arrives while the worker is busy is encoded in the loop instead (nothing queues behind
+    the worker); a conversation cancelled while its prompt is encoded ends at once. Ids stay those alone."""
+    model, processor = tiny
+    kwargs = {"max_new_tokens": 8, "speech_max_new_tokens": 24, "token2wav": False}
+    alone = [solo(tiny, inputs, **kwargs) for inputs in prompts[:3]]
+    engine = model.engine(processor=processor, side_threads=1)
+    encode, gate, threads = model.embed_inputs, threading.Event(), {}
+
+    def gated_embed_inputs(input_ids, *args):
+        threads[input_ids.shape[1]] = threading.current_thread().name
+        if input_ids.shape[1] == prompts[1]["input_ids"].shape[1]:
+            assert gate.wait(timeout=60)
+        return encode(input_ids, *args)
+
+    monkeypatch.setattr(model, "embed_inputs", gated_embed_inputs)
+    first = engine.submit(prompts[0], **kwargs)
+    while first.events.qsize() == 0:
+        engine.step()
+    blocked = engine.submit(prompts[1], **kwargs)
+    engine.step()  # the worker takes the blocked prompt
+    third, cancelled = engine.submit(prompts[2], **kwargs), engine.submit(prompts[3], **kwargs)
+    before = first.events.qsize()
+    for _ in range(6):
+        engine.step()
+    assert first.events.qsize() > before and third.events.qsize() > 0 and blocked.events.qsize() == 0
+    assert threads[prompts[1]["input_ids"].shape[1]].startswith("opens2s-side")
+    assert not threads[prompts[2]["input_ids"].shape[1]].startswith("opens2s-side")  # the worker was busy
+    cancelled.cancel()
+    assert [event.kind for event in cancelled][-1] == "done"
+    gate.set()
+    for index, (conversation, reference) in enumerate(zip((first, blocked, third), alone, strict=True)):
+        mine = ids_of(conversation)
+        assert mine["text"] == reference["text"] and mine["speech"] == reference["speech"], f"conversation {index}"
+
+
+def test_the_side_worker_changes_no_id_and_no_audio(tiny, prompts):
+    """Three conversations arriving a step apart, with token2wav, with and without the side worker (prompts and
+    chunks rendered beside the loop): the same ids, and the same audio chunk for chunk up to float32 rounding (the
+    chunks may share other batches)."""
+    model, processor = tiny
+    speech_eos = model.config.speech_decoder_config.eos_token_id
+    budgets = {"max_new_tokens": 10, "speech_max_new_tokens": 120, "speech_suppress_tokens": [speech_eos]}
+    plan = [(step, prompts[step], {"seed": step, **budgets}) for step in range(3)]
+    results = [run_plan(model.engine(processor=processor, side_threads=threads), plan) for threads in (0, 1)]
+    for index, (inline, beside) in enumerate(zip(*results, strict=True)):
+        assert inline["text"] == beside["text"] and inline["speech"] == beside["speech"], f"conversation {index}"
+        assert [len(chunk) for chunk in inline["audio"]] == [len(chunk) for chunk in beside["audio"]]
+        assert len(beside["audio"]) >= 2
+        np.testing.assert_allclose(np.concatenate(beside["audio"]), np.concatenate(inline["audio"]), atol=1e-5)
 
 
 def test_cancel_frees_the_row_and_leaves_the_others_untouched(tiny, prompts):
