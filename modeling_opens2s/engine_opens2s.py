@@ -66,8 +66,8 @@ from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers.models.qwen3.modeling_qwen3 import eager_attention_forward
 
 from .audio_lengths_opens2s import audio_embedding_lengths
-from .modeling_token2wav_streaming import render_chunks
-from .streaming_opens2s import _Feed, _Interleaver, _SideWork, new_conversation
+from .modeling_token2wav_streaming import finish_streams, render_chunks
+from .streaming_opens2s import _Feed, _FinishAudio, _Interleaver, _SideWork, new_conversation
 
 
 __all__ = ["Conversation", "EngineFull", "OpenS2SEngine", "split_batch", "stream"]
@@ -507,6 +507,16 @@ class _SideWorker:
             self.in_flight -= 1
 
 
+def _run_now(function: Callable[[], object]) -> Future:
+    """`function` run here, as a finished `Future` (its result or its exception)."""
+    future = Future()
+    try:
+        future.set_result(function())
+    except Exception as error:  # noqa: BLE001 - the caller's take-back hands it on
+        future.set_exception(error)
+    return future
+
+
 def side_threads_of(model, requested: int | None = None) -> int:
     """Intra-op threads of the side worker for `model` (0: none, the engine loop does everything). Unless
     `requested`: on CPU, the cores that torch's intra-op pool leaves free (at most as many as it uses); on CUDA none
@@ -582,9 +592,9 @@ class Conversation:
         self.last_lm = None  # the LM of its last forward, and how many forwards of that LM ran in a row
         self.run_length = 0
         self.audio_waited = 0  # engine steps its ready token2wav chunk has waited (see `OpenS2SEngine._render_audio`)
-        # Side work beside the loop (see `OpenS2SEngine._side`): a request the schedule waits for (`job`), one that
-        # waits for the chunk this conversation is rendering (`parked`), and that chunk (`rendering`: the schedule
-        # goes on meanwhile, no other token2wav work of its stream may start).
+        # Side work beside the loop (see `OpenS2SEngine._side`): a request the schedule waits for (`job`), its last
+        # token2wav chunk waiting to render with the others' (`parked`), and a chunk it is rendering (`rendering`:
+        # the schedule goes on meanwhile, no other token2wav work of its stream may start).
         self.job: Future | None = None
         self.parked: _SideWork | None = None
         self.rendering: Future | None = None
@@ -807,14 +817,8 @@ class OpenS2SEngine:
         (conversations that ended leave)."""
         feeds = []
         for conversation in list(self.active):
-            if conversation.job is not None:
+            if conversation.job is not None or conversation.parked is not None:
                 continue
-            if conversation.parked is not None:
-                if conversation.rendering is not None:
-                    continue
-                request, conversation.parked = conversation.parked, None
-                if self._side(conversation, request):
-                    continue
             feed = conversation.request or conversation.advance()
             if feed is not None:
                 feeds.append(feed)
@@ -824,10 +828,11 @@ class OpenS2SEngine:
 
     # ---- side work
     def _side(self, conversation: Conversation, request: _SideWork) -> bool:
-        """Run a conversation's side work (its prompt's encoding, its last token2wav chunk): beside the loop when the
-        side worker is free (returns True: the conversation waits for it), else here in the loop (False). It waits
-        for a chunk of its stream that is still rendering beside the loop first (True as well)."""
-        if conversation.rendering is not None:
+        """Run a conversation's side work (its prompt's encoding, the original schedule's last token2wav call): beside
+        the loop when the side worker is free (returns True: the conversation waits for it), else here in the loop
+        (False). A block-streaming session's last chunk waits instead (True), to render with the last chunks of
+        the other conversations that finish in this step ([`_render_audio`])."""
+        if isinstance(request, _FinishAudio) and conversation.interleaver.renders_apart:
             conversation.parked = request
             return True
 
@@ -838,13 +843,12 @@ class OpenS2SEngine:
             if done.exception() is not None:
                 self._fail([conversation], done.exception(), "side work")
 
-        future = self.side.try_submit(request.run) if self.side is not None else None
+        future = self._dispatch(request.run, take_back)
         if future is None:
             request.run()
             self.work[f"{request.stage}_seconds"] += request.seconds
             return False
         conversation.job = future
-        self.side_jobs.append((future, take_back))
         return True
 
     def _take_back_side_jobs(self, block: bool = False) -> None:
@@ -937,7 +941,9 @@ class OpenS2SEngine:
         free (the conversations go on generating meanwhile); each conversation's audio events go to its queue. A
         batch renders when it holds a conversation's first chunk (first audio never waits), a chunk that has waited
         `_MAX_AUDIO_WAIT_STEPS` steps, or every conversation that speaks; otherwise it waits a step for others to
-        reach the same chunk shape. A conversation whose rendering fails ends with that error."""
+        reach the same chunk shape. Then the last chunks of the conversations whose answers are complete render,
+        those of one shape as one batch ([`_finish_audio`]). A conversation whose rendering fails ends with that
+        error."""
         while True:
             speaking = [
                 conversation
@@ -959,9 +965,16 @@ class OpenS2SEngine:
                 for _, members in batches.values():
                     for member in members:
                         member.audio_waited += 1
-                return
+                break
             for key, members in due:
                 self._render_batch(key, members)
+        finishing = [
+            conversation
+            for conversation in self.active
+            if conversation.parked is not None and conversation.job is None and conversation.rendering is None
+        ]
+        if finishing:
+            self._finish_audio(finishing)
 
     @staticmethod
     def _audio_due(members: list[Conversation], speaking: int) -> bool:
@@ -1005,18 +1018,50 @@ class OpenS2SEngine:
                 for event in member.interleaver.audio_events(waveform, seconds, stage):
                     member.events.put(event)
 
-        future = self.side.try_submit(render) if self.side is not None else None
-        if future is not None:
+        future = self._dispatch(render, lambda done: take_back(done, beside=True))
+        if future is None:
+            take_back(_run_now(render), beside=False)
+        else:
             for member in members:
                 member.rendering = future
-            self.side_jobs.append((future, lambda done: take_back(done, beside=True)))
-            return
-        future = Future()
-        try:
-            future.set_result(render())
-        except Exception as error:  # noqa: BLE001 - handed to the callers of these conversations
-            future.set_exception(error)
-        take_back(future, beside=False)
+
+    def _finish_audio(self, members: list[Conversation]) -> None:
+        """Render the last token2wav chunks of `members` (answers complete, waiting on their `_FinishAudio`), those of
+        one shape as one batch ([`finish_streams`]), beside the loop when the side worker is free, else now; each
+        conversation resumes with its waveform at its next step."""
+        requests = [member.parked for member in members]
+
+        def render() -> tuple[list[torch.Tensor], float]:
+            begin = time.perf_counter()
+            waveforms = finish_streams([request.audio_stream for request in requests])
+            return waveforms, time.perf_counter() - begin
+
+        def take_back(done: Future, beside: bool) -> None:
+            for member in members:
+                member.job = member.parked = None
+            if done.exception() is not None:
+                self._fail(members, done.exception(), "token2wav")
+                return
+            waveforms, seconds = done.result()
+            self.work["token2wav_seconds"] += seconds
+            self.work["side_seconds"] += seconds if beside else 0.0
+            for request, waveform in zip(requests, waveforms, strict=True):
+                request.waveform, request.seconds = waveform, seconds
+
+        future = self._dispatch(render, lambda done: take_back(done, beside=True))
+        if future is None:
+            take_back(_run_now(render), beside=False)
+        else:
+            for member in members:
+                member.job = future
+
+    def _dispatch(self, function: Callable[[], object], take_back: Callable[[Future], None]) -> Future | None:
+        """Start `function` on the side worker if it is free (`take_back(future)` runs in the loop once it has
+        ended); `None` when nothing started."""
+        future = self.side.try_submit(function) if self.side is not None else None
+        if future is not None:
+            self.side_jobs.append((future, take_back))
+        return future
 
     def _leave(self, conversation: Conversation) -> None:
         """Take `conversation` out of the active ones (its slot of the fast path's caches is free again)."""

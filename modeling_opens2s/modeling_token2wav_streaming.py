@@ -28,6 +28,7 @@ __all__ = [
     "OriginalStream",
     "Token2WavModel",
     "check_unit_range",
+    "finish_streams",
     "render_chunks",
 ]
 
@@ -278,10 +279,18 @@ class BlockStream:
     def batch_key(self) -> BatchKey:
         """What the next non-final chunk's network calls depend on: streams with equal keys can share one
         [`render_chunks`] batch (their inputs stack to one shape, for the same model and estimator)."""
-        plan = self._plan(self.next_chunk_units)
+        return self._key(self.next_chunk_units, self.compiled_estimator)
+
+    def final_key(self) -> BatchKey:
+        """What the last chunk's network calls depend on (every unit not rendered yet; eager estimator): streams with
+        equal keys and no `ready` chunk left finish as one batch in [`finish_streams`]."""
+        return self._key(len(self.units) - self.rendered_units, None)
+
+    def _key(self, num_units: int, estimator) -> BatchKey:
+        plan = self._plan(num_units)
         return BatchKey(
             model=self.model,
-            estimator=self.compiled_estimator,
+            estimator=estimator,
             dtype=self.model.dtype,
             device=self.model.device,
             new_units=plan.end - plan.start,
@@ -302,16 +311,7 @@ class BlockStream:
     def finish(self) -> torch.Tensor:
         """Render what is pending (the ready chunks of the schedule first, as `push` would have: units buffered with
         `add` are chunked alike) and play everything held back; shape `(1, samples)`."""
-        pieces = [_empty_waveform(self.model)]
-        while self.ready:
-            pieces.extend(render_chunks([self]))
-        pending = len(self.units) - self.rendered_units
-        if pending or self.played_frames < self.mel.shape[-1]:
-            pieces.append(self._step(pending, final=True))
-        return torch.cat(pieces, dim=-1)
-
-    def _step(self, num_units: int, final: bool) -> torch.Tensor:
-        return _render([self], num_units, final)[0]
+        return finish_streams([self])[0]
 
     def _plan(self, num_units: int) -> _ChunkPlan:
         """Where the next chunk of `num_units` new units reads and writes (the one home of the chunk arithmetic)."""
@@ -431,6 +431,35 @@ def render_chunks(streams: list[BlockStream]) -> list[torch.Tensor]:
         # to keep playback fed while the next one is generated.
         stream.next_chunk_units = min(2 * stream.next_chunk_units, stream.max_chunk_units)
     return waveforms
+
+
+@torch.no_grad()
+def finish_streams(streams: list[BlockStream]) -> list[torch.Tensor]:
+    r"""
+    Every stream's `finish()`: its ready chunks of the schedule first (one by one), then its last chunk (all the units
+    left, and the audio held back); the last chunks of streams with equal `final_key()` render as one batch, equal to
+    rendering each stream alone up to float32 rounding (as [`render_chunks`]).
+
+    Args:
+        streams (`list[BlockStream]`): distinct streams.
+
+    Returns:
+        `list[torch.Tensor]`: each stream's remaining waveform, shape `(1, samples)` (possibly empty), in order.
+    """
+    if len({id(stream) for stream in streams}) < len(streams):
+        raise ValueError("finish_streams: a stream appears twice")
+    pieces: list[list[torch.Tensor]] = [[_empty_waveform(stream.model)] for stream in streams]
+    last_chunks: dict[BatchKey, list[int]] = {}
+    for index, stream in enumerate(streams):
+        while stream.ready:
+            pieces[index].extend(render_chunks([stream]))
+        if len(stream.units) > stream.rendered_units or stream.played_frames < stream.mel.shape[-1]:
+            last_chunks.setdefault(stream.final_key(), []).append(index)
+    for key, indices in last_chunks.items():
+        waveforms = _render([streams[index] for index in indices], key.new_units, final=True)
+        for index, waveform in zip(indices, waveforms, strict=True):
+            pieces[index].append(waveform)
+    return [torch.cat(parts, dim=-1) for parts in pieces]
 
 
 @torch.no_grad()

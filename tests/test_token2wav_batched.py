@@ -11,8 +11,9 @@ import pytest
 import torch
 
 from opens2s.conversion.tiny import build_tiny_token2wav_config
+from opens2s.modeling_opens2s import modeling_token2wav_streaming
 from opens2s.modeling_opens2s.modeling_token2wav import OpenS2SToken2Wav
-from opens2s.modeling_opens2s.modeling_token2wav_streaming import BlockStream, render_chunks
+from opens2s.modeling_opens2s.modeling_token2wav_streaming import BlockStream, finish_streams, render_chunks
 
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -88,6 +89,42 @@ def test_batched_chunks_equal_each_stream_alone(model):
     # The streams really differ (so a mixed-up row would show): distinct audio per stream.
     first, second = (torch.cat(chunks, dim=-1) for chunks in batched[:2])
     assert (first - second).abs().max() > 100 * BATCH_ATOL
+
+
+def test_last_chunks_of_one_shape_finish_as_one_batch(model, monkeypatch):
+    """`finish_streams`: three streams with 57 units each (chunks of 10, 20 rendered, 27 left) finish their last
+    chunks in one flow + vocoder call, each equal to its own `finish()`; a fourth with another count left finishes
+    in a call of its own; a stream with a ready chunk renders it first, as `finish()` does."""
+    counts, seeds = [57, 57, 57, 52], [21, 22, 23, 24]
+    units = [random_units(model, count, seed=seed) for count, seed in zip(counts, seeds, strict=True)]
+    alone = []
+    for seed, stream_units in zip(seeds, units, strict=True):
+        stream = start(model, seed)
+        alone.append(torch.cat([stream.push(stream_units), stream.finish()], dim=-1))
+    streams = [start(model, seed) for seed in seeds]
+    played = [stream.push(stream_units[:30]) for stream, stream_units in zip(streams, units, strict=True)]
+    for stream, stream_units in zip(streams, units, strict=True):
+        stream.add(stream_units[30:])  # 27 or 22 units: short of the next chunk (40), so the last chunk
+    streams.append(start(model, 25))
+    extra = random_units(model, 45, seed=25)  # chunks of 10 and 20 ready when finishing, then 15 left
+    streams[-1].add(extra)
+    reference = start(model, 25)
+    alone.append(torch.cat([reference.push(extra), reference.finish()], dim=-1))
+    played.append(torch.zeros(1, 0))
+    calls = []
+    render = modeling_token2wav_streaming._render
+
+    def recording_render(batch, num_units, final):
+        calls.append((len(batch), num_units, final))
+        return render(batch, num_units, final)
+
+    monkeypatch.setattr(modeling_token2wav_streaming, "_render", recording_render)
+    finished = finish_streams(streams)
+    assert sorted(call for call in calls if call[2]) == [(1, 15, True), (1, 22, True), (3, 27, True)]
+    for index, (first, last, expected) in enumerate(zip(played, finished, alone, strict=True)):
+        torch.testing.assert_close(torch.cat([first, last], dim=-1), expected, rtol=0, atol=BATCH_ATOL, msg=str(index))
+    with pytest.raises(ValueError, match="appears twice"):
+        finish_streams([streams[0], streams[0]])
 
 
 def test_render_chunks_refuses_what_cannot_batch(model):
