@@ -30,8 +30,15 @@ token2wav: each conversation's block-streaming session only buffers its units wh
 forwards of a step, the engine renders every ready chunk, the chunks of one shape (the schedule's fixed block sizes
 make that common) as one batch through the flow and the vocoder (`render_chunks` in
 `modeling_token2wav_streaming.py`; randomness stays per conversation, so a chunk's audio is that of the conversation
-alone up to float32 rounding). The original OpenS2S schedule (`token2wav_mode="original"`) renders inside its own
-`push`, one conversation at a time.
+alone up to float32 rounding); the answers that complete in one step render their last chunks as one batch
+(`finish_streams`). The original OpenS2S schedule (`token2wav_mode="original"`) renders inside its own `push`, one
+conversation at a time.
+
+Side work: a prompt's encoding and token2wav chunks need no other conversation's rows and are bound by arithmetic,
+where the LM steps are bound by memory bandwidth on a CPU. With a side worker ([`_SideWorker`], on the cores torch's
+intra-op pool leaves free) they run beside the loop while it decodes the others: a newcomer waits for its encoding, a
+conversation whose chunk renders goes on generating. Work that finds the worker busy runs in the loop. When a
+prompt's encoding or a chunk ends then depends on timing; ids never do.
 
 `model.stream` and `model.generate` are this engine with one conversation.
 
@@ -696,6 +703,9 @@ class OpenS2SEngine:
             first step of each shape compiles (its time is counted in the `"compile"` stage of `Done.stats`);
             later steps, conversations and engines of the same model reuse it. Greedy ids equal the eager path's.
             Also the default of every conversation's `token2wav_compile` (block streaming's compiled estimator).
+        side_threads (`int`, *optional*): intra-op threads of the side worker that encodes prompts and renders
+            token2wav chunks beside the loop ([`_SideWorker`]); `0`: none, the loop does that work itself. Defaults
+            to the CPU cores torch's intra-op pool leaves free (at most as many as it uses), none on CUDA.
 
     Example:
 
