@@ -853,12 +853,13 @@ class OpenS2SEngine:
             if done.exception() is not None:
                 self._fail([conversation], done.exception(), "side work")
 
-        future = self._dispatch(request.run, take_back)
+        future = self.side.try_submit(request.run) if self.side is not None else None
         if future is None:
-            request.run()
+            request.run()  # an error ends this conversation through `advance`
             self.work[f"{request.stage}_seconds"] += request.seconds
             return False
         conversation.job = future
+        self.side_jobs.append((future, take_back))
         return True
 
     def _take_back_side_jobs(self, block: bool = False) -> None:
@@ -1028,12 +1029,9 @@ class OpenS2SEngine:
                 for event in member.interleaver.audio_events(waveform, seconds, stage):
                     member.events.put(event)
 
-        future = self._dispatch(render, lambda done: take_back(done, beside=True))
-        if future is None:
-            take_back(_run_now(render), beside=False)
-        else:
-            for member in members:
-                member.rendering = future
+        future = self._dispatch(render, take_back)
+        for member in members:
+            member.rendering = future  # None: it has run already
 
     def _finish_audio(self, members: list[Conversation]) -> None:
         """Render the last token2wav chunks of `members` (answers complete, waiting on their `_FinishAudio`), those of
@@ -1058,19 +1056,18 @@ class OpenS2SEngine:
             for request, waveform in zip(requests, waveforms, strict=True):
                 request.waveform, request.seconds = waveform, seconds
 
-        future = self._dispatch(render, lambda done: take_back(done, beside=True))
-        if future is None:
-            take_back(_run_now(render), beside=False)
-        else:
-            for member in members:
-                member.job = future
+        future = self._dispatch(render, take_back)
+        for member in members:
+            member.job = future  # None: it has run already
 
-    def _dispatch(self, function: Callable[[], object], take_back: Callable[[Future], None]) -> Future | None:
-        """Start `function` on the side worker if it is free (`take_back(future)` runs in the loop once it has
-        ended); `None` when nothing started."""
+    def _dispatch(self, function: Callable[[], object], take_back: Callable[[Future, bool], None]) -> Future | None:
+        """Run `function` beside the loop if the side worker is free (returns its future; `take_back(future, True)`
+        runs in the loop once it has ended), else now (`take_back(future, False)` at once; returns `None`)."""
         future = self.side.try_submit(function) if self.side is not None else None
-        if future is not None:
-            self.side_jobs.append((future, take_back))
+        if future is None:
+            take_back(_run_now(function), False)
+            return None
+        self.side_jobs.append((future, lambda done: take_back(done, True)))
         return future
 
     def _leave(self, conversation: Conversation) -> None:

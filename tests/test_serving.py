@@ -319,7 +319,9 @@ def test_realtime_answer_and_barge_in(served, monkeypatch):
 
         # Barge-in: a long answer is cancelled after its first audio. The realtime protocol has no logit_bias, so the
         # text EOS is banned on the server side: the random tiny model would otherwise often end within the budget
-        # before the cancel arrives.
+        # before the cancel arrives. The speech budget is long too: the answer cannot complete before all its audio
+        # is rendered, however soon its text is written (token2wav may render beside the engine's loop).
+        monkeypatch.setattr(server, "max_units", LONG)
         stream_kwargs = server.stream_kwargs
         no_eos = {token: -100.0 for token in EOS_IDS}
         monkeypatch.setattr(
