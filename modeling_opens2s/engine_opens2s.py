@@ -66,6 +66,7 @@ from collections import deque
 from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from contextlib import contextmanager
+from functools import partial
 
 import torch
 from transformers.masking_utils import create_causal_mask, create_sliding_window_causal_mask
@@ -269,6 +270,9 @@ class _SlotPool:
         self.keys = [torch.zeros(self.shape, dtype=self.dtype, device=self.device) for _ in range(layers)]
         self.values = [torch.zeros(self.shape, dtype=self.dtype, device=self.device) for _ in range(layers)]
         self.valid = torch.zeros(slots, length, dtype=torch.bool, device=self.device)
+        self._mark_static()
+
+    def _mark_static(self) -> None:
         if self.device.type == "cuda":  # fixed addresses: CUDA graphs replay on them
             for tensor in (*self.keys, *self.values, self.valid):
                 torch._dynamo.mark_static_address(tensor)
@@ -288,9 +292,7 @@ class _SlotPool:
         valid = torch.zeros(self.shape[0], length, dtype=torch.bool, device=self.device)
         valid[:, :old] = self.valid
         self.valid = valid
-        if self.device.type == "cuda":
-            for tensor in (*self.keys, *self.values, self.valid):
-                torch._dynamo.mark_static_address(tensor)
+        self._mark_static()
 
 
 class _SlotWrite:
@@ -512,6 +514,13 @@ class _SideWorker:
     def _release(self, _future: Future) -> None:
         with self.lock:
             self.in_flight -= 1
+
+
+def _timed(function: Callable, *args) -> tuple[object, float]:
+    """`function(*args)` and the seconds it took."""
+    begin = time.perf_counter()
+    result = function(*args)
+    return result, time.perf_counter() - begin
 
 
 def _run_now(function: Callable[[], object]) -> Future:
@@ -832,7 +841,7 @@ class OpenS2SEngine:
             feed = conversation.request or conversation.advance()
             if feed is not None:
                 feeds.append(feed)
-            elif conversation.job is None and conversation.parked is None:
+            elif conversation.done:
                 self._leave(conversation)
         return feeds
 
@@ -1002,12 +1011,7 @@ class OpenS2SEngine:
         # (Ids, not the objects: the set must not keep a model alive.)
         key = key._replace(model=id(key.model), estimator=id(key.estimator) if key.estimator is not None else None)
         compiling = key.estimator is not None and key not in _compiled_chunk_shapes
-        streams = [member.interleaver.audio_stream for member in members]
-
-        def render() -> tuple[list[torch.Tensor], float]:
-            begin = time.perf_counter()
-            waveforms = render_chunks(streams)
-            return waveforms, time.perf_counter() - begin
+        render = partial(_timed, render_chunks, [member.interleaver.audio_stream for member in members])
 
         def take_back(done: Future, beside: bool) -> None:
             for member in members:
@@ -1038,11 +1042,7 @@ class OpenS2SEngine:
         one shape as one batch ([`finish_streams`]), beside the loop when the side worker is free, else now; each
         conversation resumes with its waveform at its next step."""
         requests = [member.parked for member in members]
-
-        def render() -> tuple[list[torch.Tensor], float]:
-            begin = time.perf_counter()
-            waveforms = finish_streams([request.audio_stream for request in requests])
-            return waveforms, time.perf_counter() - begin
+        render = partial(_timed, finish_streams, [request.audio_stream for request in requests])
 
         def take_back(done: Future, beside: bool) -> None:
             for member in members:

@@ -69,20 +69,22 @@ CHECKPOINT_KEY_PREFIXES = (
 )
 
 
+def _replace_prefix(name: str, pairs) -> str:
+    """`name` with the first matching `(prefix, replacement)` of `pairs` applied; unchanged when none matches."""
+    for prefix, replacement in pairs:
+        if name.startswith(prefix):
+            return replacement + name[len(prefix) :]
+    return name
+
+
 def checkpoint_key(name: str) -> str:
     """The checkpoint key of state-dict entry `name` of the generation model (see `CHECKPOINT_KEY_PREFIXES`)."""
-    for old, new in CHECKPOINT_KEY_PREFIXES:
-        if name.startswith(new):
-            return old + name[len(new) :]
-    return name
+    return _replace_prefix(name, [(new, old) for old, new in CHECKPOINT_KEY_PREFIXES])
 
 
 def module_key(key: str) -> str:
     """The state-dict name of checkpoint key `key` (the inverse of `checkpoint_key`; module names pass unchanged)."""
-    for old, new in CHECKPOINT_KEY_PREFIXES:
-        if key.startswith(old):
-            return new + key[len(old) :]
-    return key
+    return _replace_prefix(key, CHECKPOINT_KEY_PREFIXES)
 
 
 @dataclass

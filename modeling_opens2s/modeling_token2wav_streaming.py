@@ -303,15 +303,19 @@ class BlockStream:
     def push(self, units) -> torch.Tensor:
         """Buffer `units`; returns the audio that became final, shape `(1, samples)` (possibly empty)."""
         self.add(units)
-        pieces = [_empty_waveform(self.model)]
-        while self.ready:
-            pieces.extend(render_chunks([self]))
-        return torch.cat(pieces, dim=-1)
+        return torch.cat([_empty_waveform(self.model), *self._render_ready()], dim=-1)
 
     def finish(self) -> torch.Tensor:
         """Render what is pending (the ready chunks of the schedule first, as `push` would have: units buffered with
         `add` are chunked alike) and play everything held back; shape `(1, samples)`."""
         return finish_streams([self])[0]
+
+    def _render_ready(self) -> list[torch.Tensor]:
+        """Render this stream's ready chunks alone, one by one; their waveforms."""
+        pieces = []
+        while self.ready:
+            pieces.extend(render_chunks([self]))
+        return pieces
 
     def _plan(self, num_units: int) -> _ChunkPlan:
         """Where the next chunk of `num_units` new units reads and writes (the one home of the chunk arithmetic)."""
@@ -448,11 +452,9 @@ def finish_streams(streams: list[BlockStream]) -> list[torch.Tensor]:
     """
     if len({id(stream) for stream in streams}) < len(streams):
         raise ValueError("finish_streams: a stream appears twice")
-    pieces: list[list[torch.Tensor]] = [[_empty_waveform(stream.model)] for stream in streams]
+    pieces = [[_empty_waveform(stream.model), *stream._render_ready()] for stream in streams]
     last_chunks: dict[BatchKey, list[int]] = {}
     for index, stream in enumerate(streams):
-        while stream.ready:
-            pieces[index].extend(render_chunks([stream]))
         if len(stream.units) > stream.rendered_units or stream.played_frames < stream.mel.shape[-1]:
             last_chunks.setdefault(stream.final_key(), []).append(index)
     for key, indices in last_chunks.items():
