@@ -64,7 +64,7 @@ import time
 import weakref
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, Future, wait
 from contextlib import contextmanager
 from functools import partial
 
@@ -475,22 +475,63 @@ class _FastPath:
 
 
 # ---------------------------------------------------------------------------------------------------------- side work
+class _SideJob:
+    """One piece of side work: `function` (its result or exception go to `future`), of `kind` (`"audio_encoder"`,
+    `"token2wav"`) and `items` (prompts, chunks: its cost is about `items` times the kind's cost per item), queued by
+    `owner` (an engine). `beside` tells whether the side worker ran it (else an idle loop did, see
+    [`_SideWorker.take`])."""
+
+    def __init__(self, function: Callable[[], object], kind: str, items: int, owner: object):
+        self.function, self.kind, self.items, self.owner = function, kind, items, owner
+        self.future: Future = Future()
+        self.beside = False
+        self.outcome: tuple[object, BaseException | None] = (None, None)
+        self.seconds = 0.0
+
+    def run(self, beside: bool) -> None:
+        """Run the function here (once: the caller took the job out of the queue); [`settle`] hands the outcome on."""
+        self.beside = beside
+        self.future.set_running_or_notify_cancel()
+        begin = time.perf_counter()
+        try:
+            self.outcome = (self.function(), None)
+        except Exception as error:  # noqa: BLE001 - the owner's take-back hands it on
+            self.outcome = (None, error)
+        self.seconds = time.perf_counter() - begin
+
+    def settle(self) -> None:
+        result, error = self.outcome
+        if error is not None:
+            self.future.set_exception(error)
+        else:
+            self.future.set_result(result)
+
+
 class _SideWorker:
     """One thread beside the engine loops of the process, for compute-bound work of single conversations: prompt
     encoding and token2wav chunks. The loop's LM steps are bound by memory bandwidth on CPU (a second intra-op
     thread barely speeds them up), the audio encoder and token2wav by arithmetic, so a core that torch's intra-op
     pool leaves free does that work while the loop decodes. Its thread sets its own intra-op thread count
-    (thread-local in torch). It takes one job at a time: an engine whose job finds it busy runs the job in its loop
-    instead, so work never queues up behind it."""
+    (thread-local in torch).
+
+    Jobs wait in a queue, prompt encodings first (a newcomer waits for its encoding; token2wav work holds up only
+    audio). An engine queues a job only when the wait it can expect (the running job's rest and the jobs ahead, from
+    the seconds per item measured on this worker) is no longer than the job would take: running it in its loop
+    instead would stall every conversation of the loop for that long, waiting stalls only this one. A loop with
+    nothing to decode runs its own queued jobs itself ([`take`])."""
 
     _by_threads: dict[int, "_SideWorker"] = {}
     _guard = threading.Lock()
+    _PRIORITY = {"audio_encoder": 0, "token2wav": 1}
 
     def __init__(self, threads: int):
         self.threads = threads
-        self.executor = ThreadPoolExecutor(1, "opens2s-side", initializer=torch.set_num_threads, initargs=(threads,))
-        self.lock = threading.Lock()
-        self.in_flight = 0
+        self.lock = threading.Condition()
+        self.queue: list[_SideJob] = []  # waiting, in the order they run
+        self.running: _SideJob | None = None
+        self.running_since = 0.0
+        self.seconds_per_item: dict[str, float] = {}  # measured on this worker (the last job of each kind)
+        threading.Thread(target=self._work, name="opens2s-side", daemon=True).start()
 
     @classmethod
     def shared(cls, threads: int) -> "_SideWorker":
@@ -501,19 +542,80 @@ class _SideWorker:
                 worker = cls._by_threads[threads] = cls(threads)
             return worker
 
-    def try_submit(self, function: Callable[[], object]) -> Future | None:
-        """Run `function` on the worker's thread; `None` (nothing started) when a job is running already."""
-        with self.lock:
-            if self.in_flight:
-                return None
-            self.in_flight += 1
-        future = self.executor.submit(function)
-        future.add_done_callback(self._release)
-        return future
+    def _cost(self, job: _SideJob) -> float | None:
+        per_item = self.seconds_per_item.get(job.kind)
+        return None if per_item is None else per_item * job.items
 
-    def _release(self, _future: Future) -> None:
+    def _expected_wait(self) -> float | None:
+        """Seconds until a job queued now would start (`None`: unknown, a job ahead is of a kind never measured)."""
+        wait = 0.0
+        if self.running is not None:
+            cost = self._cost(self.running)
+            if cost is None:
+                return None
+            # A job that runs late is expected to run as late again (one stuck compiling repels new work).
+            elapsed = time.perf_counter() - self.running_since
+            wait += abs(cost - elapsed)
+        for job in self.queue:
+            cost = self._cost(job)
+            if cost is None:
+                return None
+            wait += cost
+        return wait
+
+    def offer(self, function: Callable[[], object], kind: str, items: int, owner: object) -> _SideJob | None:
+        """Queue `function` when the wait it can expect is no longer than its own cost (a job of a kind not measured
+        yet only when the worker is idle); `None`: not queued, the caller runs it."""
+        job = _SideJob(function, kind, items, owner)
         with self.lock:
-            self.in_flight -= 1
+            idle = self.running is None and not self.queue
+            wait, cost = self._expected_wait(), self._cost(job)
+            if not idle and (wait is None or cost is None or wait > cost):
+                return None
+            position = len(self.queue)
+            while position and self._PRIORITY[self.queue[position - 1].kind] > self._PRIORITY[kind]:
+                position -= 1
+            self.queue.insert(position, job)
+            self.lock.notify()
+        return job
+
+    def take(self, owner: object) -> _SideJob | None:
+        """The first queued job of `owner`, taken out of the queue for the caller to run (an idle loop)."""
+        with self.lock:
+            for job in self.queue:
+                if job.owner is owner:
+                    self.queue.remove(job)
+                    return job
+        return None
+
+    def withdraw(self, job: _SideJob) -> bool:
+        """Take `job` out of the queue (its conversation was cancelled); False when it has started already."""
+        with self.lock:
+            if job in self.queue:
+                self.queue.remove(job)
+                return True
+        return False
+
+    def _work(self) -> None:
+        torch.set_num_threads(self.threads)
+        while True:
+            with self.lock:
+                while not self.queue:
+                    self.lock.wait()
+                job = self.running = self.queue.pop(0)
+                self.running_since = time.perf_counter()
+            job.run(beside=True)
+            self.measured(job)
+            job.settle()
+
+    def measured(self, job: _SideJob) -> None:
+        """Count a job that has run (here, or in a loop with as many threads) in the seconds per item of its kind;
+        called before its owner sees the outcome, as the owner's next offer reads them."""
+        with self.lock:
+            if job.beside:
+                self.running = None
+            if job.beside or torch.get_num_threads() == self.threads:
+                self.seconds_per_item[job.kind] = job.seconds / job.items
 
 
 def _timed(function: Callable, *args) -> tuple[object, float]:
@@ -521,16 +623,6 @@ def _timed(function: Callable, *args) -> tuple[object, float]:
     begin = time.perf_counter()
     result = function(*args)
     return result, time.perf_counter() - begin
-
-
-def _run_now(function: Callable[[], object]) -> Future:
-    """`function` run here, as a finished `Future` (its result or its exception)."""
-    future = Future()
-    try:
-        future.set_result(function())
-    except Exception as error:  # noqa: BLE001 - the caller's take-back hands it on
-        future.set_exception(error)
-    return future
 
 
 def side_threads_of(model, requested: int | None = None) -> int:
@@ -611,10 +703,11 @@ class Conversation:
         # Side work beside the loop (see `OpenS2SEngine._side`): a request the schedule waits for (`job`), its last
         # token2wav chunk waiting to render with the others' (`parked`), and a chunk it is rendering (`rendering`:
         # the schedule goes on meanwhile, no other token2wav work of its stream may start).
-        self.job: Future | None = None
+        self.job: _SideJob | None = None
         self.parked: _SideWork | None = None
-        self.rendering: Future | None = None
+        self.rendering: _SideJob | None = None
         self.done = False  # generation is over (finished, cancelled or failed); events may still be queued
+        self.events_put = 0  # events its schedule has queued (see `OpenS2SEngine.step`)
         self.drained = False
 
     def __iter__(self) -> "Conversation":
@@ -674,6 +767,7 @@ class Conversation:
                         return None
                     continue
                 self.events.put(item)
+                self.events_put += 1
         except Exception as error:  # noqa: BLE001 - the error belongs to this conversation's caller
             self.finish(error)
             return None
@@ -742,7 +836,7 @@ class OpenS2SEngine:
             raise ValueError(f"need max_active >= 1 and max_queued >= 0, got {max_active} and {max_queued}")
         threads = side_threads_of(model, side_threads)
         self.side = _SideWorker.shared(threads) if threads else None
-        self.side_jobs: list[tuple[Future, Callable[[Future], None]]] = []  # in flight, and how to take each back
+        self.side_jobs: list[tuple[_SideJob, Callable[[_SideJob], None]]] = []  # in flight, and how to take each back
         self.fast = _FastPath(model, max_active) if compile else None
         self.model = model
         self.forward_lock = _forward_lock(model)
@@ -818,10 +912,11 @@ class OpenS2SEngine:
                 if self.fast is not None:
                     self.fast.admit(conversation)
             self._take_back_side_jobs()
-            feeds = self._advance_all()
-            if not feeds and self.side_jobs:  # every conversation waits for side work: wait for the first to end
-                self._take_back_side_jobs(block=True)
-                feeds = self._advance_all()
+            feeds, progressed = self._advance_all()
+            # Every conversation waits for side work: work on it, unless some caller has new events to read first.
+            if not feeds and not progressed and self.side_jobs:
+                self._await_side_work()
+                feeds, _ = self._advance_all()
             owners = {id(conversation.request): conversation for conversation in self.active if conversation.request}
             groups = _forward_groups(self._choose(feeds, owners), pack=self.fast is None)
             for conversation in owners.values():
@@ -831,19 +926,21 @@ class OpenS2SEngine:
             self.steps += 1
             return bool(self.active or self.queued)
 
-    def _advance_all(self) -> list[_Feed]:
-        """Resume every active conversation that waits for nothing beside the loop; returns their forward requests
-        (conversations that ended leave)."""
-        feeds = []
+    def _advance_all(self) -> tuple[list[_Feed], bool]:
+        """Resume every active conversation that waits for nothing beside the loop; returns their forward requests,
+        and whether any conversation queued events or ended (conversations that ended leave)."""
+        feeds, progressed = [], False
         for conversation in list(self.active):
             if conversation.job is not None or conversation.parked is not None:
                 continue
+            events_put = conversation.events_put
             feed = conversation.request or conversation.advance()
+            progressed |= conversation.events_put > events_put or conversation.done
             if feed is not None:
                 feeds.append(feed)
             elif conversation.done:
                 self._leave(conversation)
-        return feeds
+        return feeds, progressed
 
     # ---- side work
     def _side(self, conversation: Conversation, request: _SideWork) -> bool:
@@ -855,34 +952,46 @@ class OpenS2SEngine:
             conversation.parked = request
             return True
 
-        def take_back(done: Future) -> None:
+        def take_back(job: _SideJob) -> None:
             conversation.job = None
             self.work[f"{request.stage}_seconds"] += request.seconds
-            self.work["side_seconds"] += request.seconds
-            if done.exception() is not None:
-                self._fail([conversation], done.exception(), "side work")
+            self.work["side_seconds"] += request.seconds if job.beside else 0.0
+            if job.future.exception() is not None:
+                self._fail([conversation], job.future.exception(), "side work")
 
-        future = self.side.try_submit(request.run) if self.side is not None else None
-        if future is None:
+        job = self.side.offer(request.run, request.stage, 1, self) if self.side is not None else None
+        if job is None:
             request.run()  # an error ends this conversation through `advance`
             self.work[f"{request.stage}_seconds"] += request.seconds
             return False
-        conversation.job = future
-        self.side_jobs.append((future, take_back))
+        conversation.job = job
+        self.side_jobs.append((job, take_back))
         return True
 
     def _take_back_side_jobs(self, block: bool = False) -> None:
         """Take back the side work that has ended (results, audio events, errors), in the loop's thread; with
         `block`, wait for the first to end."""
         if block and self.side_jobs:
-            wait([future for future, _ in self.side_jobs], return_when=FIRST_COMPLETED)
+            wait([job.future for job, _ in self.side_jobs], return_when=FIRST_COMPLETED)
         running = []
-        for future, take_back in self.side_jobs:
-            if future.done():
-                take_back(future)
+        for job, take_back in self.side_jobs:
+            if job.future.done():
+                take_back(job)
             else:
-                running.append((future, take_back))
+                running.append((job, take_back))
         self.side_jobs = running
+
+    def _await_side_work(self) -> None:
+        """Nothing to decode (every conversation waits for side work): run one of this engine's queued side jobs
+        here, else wait for the first running one to end; take back what has ended."""
+        job = self.side.take(self)
+        if job is None:
+            self._take_back_side_jobs(block=True)
+            return
+        job.run(beside=False)
+        self.side.measured(job)
+        job.settle()
+        self._take_back_side_jobs()
 
     def _fail(self, conversations: list[Conversation], error: BaseException, what: str) -> None:
         """End `conversations` with `error` (their callers get it); the others go on."""
@@ -987,14 +1096,25 @@ class OpenS2SEngine:
                         member.audio_waited += 1
                 break
             for key, members in due:
-                self._render_batch(key, members)
+                for part in self._side_parts(members):
+                    self._render_batch(key, part)
         finishing = [
             conversation
             for conversation in self.active
             if conversation.parked is not None and conversation.job is None and conversation.rendering is None
         ]
         if finishing:
-            self._finish_audio(finishing)
+            for part in self._side_parts(finishing):
+                self._finish_audio(part)
+
+    def _side_parts(self, members: list[Conversation]) -> list[list[Conversation]]:
+        """`members` as one token2wav batch, or, with a side worker, two halves: the worker renders one while the
+        other waits in its queue, where a loop left with nothing to decode takes it (the two lanes finish together
+        instead of the loop waiting for the whole batch)."""
+        if self.side is None or len(members) < 2:
+            return [members]
+        half = (len(members) + 1) // 2
+        return [members[:half], members[half:]]
 
     @staticmethod
     def _audio_due(members: list[Conversation], speaking: int) -> bool:
@@ -1013,18 +1133,18 @@ class OpenS2SEngine:
         compiling = key.estimator is not None and key not in _compiled_chunk_shapes
         render = partial(_timed, render_chunks, [member.interleaver.audio_stream for member in members])
 
-        def take_back(done: Future, beside: bool) -> None:
+        def take_back(job: _SideJob) -> None:
             for member in members:
                 member.rendering = None
-            if done.exception() is not None:
-                self._fail(members, done.exception(), "token2wav")
+            if job.future.exception() is not None:
+                self._fail(members, job.future.exception(), "token2wav")
                 return
-            waveforms, seconds = done.result()
+            waveforms, seconds = job.future.result()
             _compiled_chunk_shapes.add(key)
             self.work["token2wav_batches"] += 1
             self.work["token2wav_chunks"] += len(members)
             self.work["token2wav_seconds"] += seconds
-            self.work["side_seconds"] += seconds if beside else 0.0
+            self.work["side_seconds"] += seconds if job.beside else 0.0
             for member, waveform in zip(members, waveforms, strict=True):
                 member.audio_waited = 0
                 if member.done:  # cancelled meanwhile
@@ -1033,9 +1153,9 @@ class OpenS2SEngine:
                 for event in member.interleaver.audio_events(waveform, seconds, stage):
                     member.events.put(event)
 
-        future = self._dispatch(render, take_back)
+        job = self._dispatch(render, take_back, len(members))
         for member in members:
-            member.rendering = future  # None: it has run already
+            member.rendering = job  # None: it has run already
 
     def _finish_audio(self, members: list[Conversation]) -> None:
         """Render the last token2wav chunks of `members` (answers complete, waiting on their `_FinishAudio`), those of
@@ -1044,31 +1164,37 @@ class OpenS2SEngine:
         requests = [member.parked for member in members]
         render = partial(_timed, finish_streams, [request.audio_stream for request in requests])
 
-        def take_back(done: Future, beside: bool) -> None:
+        def take_back(job: _SideJob) -> None:
             for member in members:
                 member.job = member.parked = None
-            if done.exception() is not None:
-                self._fail(members, done.exception(), "token2wav")
+            if job.future.exception() is not None:
+                self._fail(members, job.future.exception(), "token2wav")
                 return
-            waveforms, seconds = done.result()
+            waveforms, seconds = job.future.result()
             self.work["token2wav_seconds"] += seconds
-            self.work["side_seconds"] += seconds if beside else 0.0
+            self.work["side_seconds"] += seconds if job.beside else 0.0
             for request, waveform in zip(requests, waveforms, strict=True):
                 request.waveform, request.seconds = waveform, seconds
 
-        future = self._dispatch(render, take_back)
+        job = self._dispatch(render, take_back, len(members))
         for member in members:
-            member.job = future  # None: it has run already
+            member.job = job  # None: it has run already
 
-    def _dispatch(self, function: Callable[[], object], take_back: Callable[[Future, bool], None]) -> Future | None:
-        """Run `function` beside the loop if the side worker is free (returns its future; `take_back(future, True)`
-        runs in the loop once it has ended), else now (`take_back(future, False)` at once; returns `None`)."""
-        future = self.side.try_submit(function) if self.side is not None else None
-        if future is None:
-            take_back(_run_now(function), False)
+    def _dispatch(
+        self, function: Callable[[], object], take_back: Callable[[_SideJob], None], chunks: int
+    ) -> _SideJob | None:
+        """Render `chunks` token2wav chunks (`function`) beside the loop when the side worker takes the job (returns
+        it; `take_back(job)` runs in the loop once it has ended), else now (`take_back(job)` at once; returns
+        `None`)."""
+        job = self.side.offer(function, "token2wav", chunks, self) if self.side is not None else None
+        if job is None:
+            job = _SideJob(function, "token2wav", chunks, self)
+            job.run(beside=False)
+            job.settle()
+            take_back(job)
             return None
-        self.side_jobs.append((future, lambda done: take_back(done, True)))
-        return future
+        self.side_jobs.append((job, take_back))
+        return job
 
     def _leave(self, conversation: Conversation) -> None:
         """Take `conversation` out of the active ones (its slot of the fast path's caches is free again)."""
@@ -1081,6 +1207,9 @@ class OpenS2SEngine:
         with self.lock:
             if conversation.done:
                 return
+            job = conversation.job
+            if job is not None and job.kind == "audio_encoder" and self.side.withdraw(job):  # queued, not started
+                self.side_jobs = [(queued, take_back) for queued, take_back in self.side_jobs if queued is not job]
             if conversation in self.active:
                 self._leave(conversation)
             elif conversation in self.queued:

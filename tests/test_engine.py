@@ -306,11 +306,13 @@ def test_ready_token2wav_chunks_of_several_conversations_render_as_one_batch(tin
 
 def test_a_prompt_encoded_beside_the_loop_does_not_stall_the_others(tiny, prompts, monkeypatch):
     """With a side worker, a newcomer's prompt is encoded on the worker's thread while the loop goes on decoding the
-    others; a prompt that arrives while the worker is busy is encoded in the loop instead (nothing queues behind
-    the worker); a conversation cancelled while its prompt is encoded ends at once. Ids stay those alone."""
+    others. A prompt that arrives while the worker is busy waits in its queue when the wait it can expect (from the
+    seconds the worker measured) is no longer than its own encoding, else it is encoded in the loop; a conversation
+    cancelled while its prompt waits leaves the queue and ends at once; a loop with nothing else to do encodes its
+    own queued prompt itself. Ids stay those alone."""
     model, processor = tiny
     kwargs = {"max_new_tokens": 8, "speech_max_new_tokens": 24, "token2wav": False}
-    alone = [solo(tiny, inputs, **kwargs) for inputs in prompts[:3]]
+    alone = [solo(tiny, inputs, **kwargs) for inputs in prompts]
     engine = model.engine(processor=processor, side_threads=1)
     encode, gate, threads = model.embed_inputs, threading.Event(), {}
 
@@ -320,24 +322,46 @@ def test_a_prompt_encoded_beside_the_loop_does_not_stall_the_others(tiny, prompt
             assert gate.wait(timeout=60)
         return encode(input_ids, *args)
 
+    def encoded_on(index: int) -> str:
+        return threads[prompts[index]["input_ids"].shape[1]]
+
     monkeypatch.setattr(model, "embed_inputs", gated_embed_inputs)
     first = engine.submit(prompts[0], **kwargs)
     while first.events.qsize() == 0:
         engine.step()
     blocked = engine.submit(prompts[1], **kwargs)
-    engine.step()  # the worker takes the blocked prompt
-    third, cancelled = engine.submit(prompts[2], **kwargs), engine.submit(prompts[3], **kwargs)
+    engine.step()  # offered to the idle worker, which takes it
+    while prompts[1]["input_ids"].shape[1] not in threads:
+        threading.Event().wait(0.01)
+    assert encoded_on(1).startswith("opens2s-side")
+
+    # The worker's measured encoding is far shorter than the time it is running already: encoded in the loop.
+    monkeypatch.setitem(engine.side.seconds_per_item, "audio_encoder", 1e-9)
+    third = engine.submit(prompts[2], **kwargs)
     before = first.events.qsize()
     for _ in range(6):
         engine.step()
     assert first.events.qsize() > before and third.events.qsize() > 0 and blocked.events.qsize() == 0
-    assert threads[prompts[1]["input_ids"].shape[1]].startswith("opens2s-side")
-    assert not threads[prompts[2]["input_ids"].shape[1]].startswith("opens2s-side")  # the worker was busy
+    assert not encoded_on(2).startswith("opens2s-side")
+
+    # Encodings measured as long as the wait: a newcomer queues behind the running one, and leaves when cancelled.
+    monkeypatch.setitem(engine.side.seconds_per_item, "audio_encoder", 1e6)
+    cancelled = engine.submit(prompts[3], **kwargs)
+    engine.step()
+    assert [job.owner for job in engine.side.queue] == [engine] and cancelled.job in engine.side.queue
     cancelled.cancel()
-    assert [event.kind for event in cancelled][-1] == "done"
+    assert [event.kind for event in cancelled][-1] == "done" and not engine.side.queue
+
+    # The loop encodes a queued newcomer itself once the others are done and it has nothing else to decode.
+    late = engine.submit(prompts[3], **kwargs)
+    engine.step()
+    assert late.job in engine.side.queue
+    results = {0: ids_of(first), 2: ids_of(third), 3: ids_of(late)}
+    assert not encoded_on(3).startswith("opens2s-side") and blocked.events.qsize() == 0
     gate.set()
-    for index, (conversation, reference) in enumerate(zip((first, blocked, third), alone, strict=True)):
-        mine = ids_of(conversation)
+    results[1] = ids_of(blocked)
+    for index, mine in results.items():
+        reference = alone[index]
         assert mine["text"] == reference["text"] and mine["speech"] == reference["speech"], f"conversation {index}"
 
 
