@@ -37,8 +37,10 @@ conversation at a time.
 Side work: a prompt's encoding and token2wav chunks need no other conversation's rows and are bound by arithmetic,
 where the LM steps are bound by memory bandwidth on a CPU. With a side worker ([`_SideWorker`], on the cores torch's
 intra-op pool leaves free) they run beside the loop while it decodes the others: a newcomer waits for its encoding, a
-conversation whose chunk renders goes on generating. Work that finds the worker busy runs in the loop. When a
-prompt's encoding or a chunk ends then depends on timing; ids never do.
+conversation whose chunk renders goes on generating. Jobs queue on the worker (encodings first) when the wait is no
+longer than the job itself, else the loop runs them (waiting stalls one conversation, running in the loop stalls them
+all); a loop with nothing to decode runs its own queued jobs, and token2wav batches go as two halves so both lanes can
+finish one. When a prompt's encoding or a chunk ends then depends on timing; ids never do.
 
 `model.stream` and `model.generate` are this engine with one conversation.
 
@@ -945,8 +947,8 @@ class OpenS2SEngine:
     # ---- side work
     def _side(self, conversation: Conversation, request: _SideWork) -> bool:
         """Run a conversation's side work (its prompt's encoding, the original schedule's last token2wav call): beside
-        the loop when the side worker is free (returns True: the conversation waits for it), else here in the loop
-        (False). A block-streaming session's last chunk waits instead (True), to render with the last chunks of
+        the loop when the side worker takes the job (returns True: the conversation waits for it), else here in the
+        loop (False). A block-streaming session's last chunk waits instead (True), to render with the last chunks of
         the other conversations that finish in this step ([`_render_audio`])."""
         if isinstance(request, _FinishAudio) and conversation.interleaver.renders_apart:
             conversation.parked = request
@@ -1066,8 +1068,9 @@ class OpenS2SEngine:
 
     def _render_audio(self) -> None:
         """Render the ready token2wav chunks of the active conversations (block streaming), the chunks of one shape
-        as one batch through the flow and the vocoder ([`render_chunks`]), beside the loop when the side worker is
-        free (the conversations go on generating meanwhile); each conversation's audio events go to its queue. A
+        as one batch through the flow and the vocoder ([`render_chunks`]; in two halves with a side worker, see
+        [`_side_parts`]), beside the loop when the side worker takes the job (the conversations go on generating
+        meanwhile); each conversation's audio events go to its queue. A
         batch renders when it holds a conversation's first chunk (first audio never waits), a chunk that has waited
         `_MAX_AUDIO_WAIT_STEPS` steps, or every conversation that speaks; otherwise it waits a step for others to
         reach the same chunk shape. Then the last chunks of the conversations whose answers are complete render,
@@ -1126,7 +1129,7 @@ class OpenS2SEngine:
 
     def _render_batch(self, key, members: list[Conversation]) -> None:
         """Render the ready chunks of `members` (one `batch_key()`: `key`) as one batch, beside the loop when the
-        side worker is free, else now; their audio events are queued when it has ended."""
+        side worker takes the job, else now; their audio events are queued when it has ended."""
         # The first chunk of a shape through a compiled estimator compiles it: counted as "compile", not token2wav.
         # (Ids, not the objects: the set must not keep a model alive.)
         key = key._replace(model=id(key.model), estimator=id(key.estimator) if key.estimator is not None else None)
@@ -1159,7 +1162,7 @@ class OpenS2SEngine:
 
     def _finish_audio(self, members: list[Conversation]) -> None:
         """Render the last token2wav chunks of `members` (answers complete, waiting on their `_FinishAudio`), those of
-        one shape as one batch ([`finish_streams`]), beside the loop when the side worker is free, else now; each
+        one shape as one batch ([`finish_streams`]), beside the loop when the side worker takes the job, else now; each
         conversation resumes with its waveform at its next step."""
         requests = [member.parked for member in members]
         render = partial(_timed, finish_streams, [request.audio_stream for request in requests])
