@@ -1070,12 +1070,11 @@ class OpenS2SEngine:
         """Render the ready token2wav chunks of the active conversations (block streaming), the chunks of one shape
         as one batch through the flow and the vocoder ([`render_chunks`]; in two halves with a side worker, see
         [`_side_parts`]), beside the loop when the side worker takes the job (the conversations go on generating
-        meanwhile); each conversation's audio events go to its queue. A
-        batch renders when it holds a conversation's first chunk (first audio never waits), a chunk that has waited
-        `_MAX_AUDIO_WAIT_STEPS` steps, or every conversation that speaks; otherwise it waits a step for others to
-        reach the same chunk shape. Then the last chunks of the conversations whose answers are complete render,
-        those of one shape as one batch ([`_finish_audio`]). A conversation whose rendering fails ends with that
-        error."""
+        meanwhile); each conversation's audio events go to its queue. A batch renders when it holds a conversation's
+        first chunk (first audio never waits), a chunk that has waited `_MAX_AUDIO_WAIT_STEPS` steps, or every
+        conversation that speaks; otherwise it waits a step for others to reach the same chunk shape. Then the last
+        chunks of the conversations whose answers are complete render, those of one shape as one batch
+        ([`_finish_audio`]). A conversation whose rendering fails ends with that error."""
         while True:
             speaking = [
                 conversation
