@@ -487,22 +487,22 @@ class _SideJob:
         self.function, self.kind, self.items, self.owner = function, kind, items, owner
         self.future: Future = Future()
         self.beside = False
-        self.outcome: tuple[object, BaseException | None] = (None, None)
-        self.seconds = 0.0
+        self.seconds = 0.0  # how long `function` ran
 
-    def run(self, beside: bool) -> None:
-        """Run the function here (once: the caller took the job out of the queue); [`settle`] hands the outcome on."""
+    def run(self, beside: bool, record: Callable[["_SideJob"], None] | None = None) -> None:
+        """Run the function here (once: the caller took the job out of the queue), then `record(job)` (the worker's
+        bookkeeping, done before the owner can see the outcome), then hand the outcome to `future`."""
         self.beside = beside
         self.future.set_running_or_notify_cancel()
         begin = time.perf_counter()
+        result, error = None, None
         try:
-            self.outcome = (self.function(), None)
-        except Exception as error:  # noqa: BLE001 - the owner's take-back hands it on
-            self.outcome = (None, error)
+            result = self.function()
+        except Exception as caught:  # noqa: BLE001 - the owner's take-back hands it on
+            error = caught
         self.seconds = time.perf_counter() - begin
-
-    def settle(self) -> None:
-        result, error = self.outcome
+        if record is not None:
+            record(self)
         if error is not None:
             self.future.set_exception(error)
         else:
@@ -606,9 +606,7 @@ class _SideWorker:
                     self.lock.wait()
                 job = self.running = self.queue.pop(0)
                 self.running_since = time.perf_counter()
-            job.run(beside=True)
-            self.measured(job)
-            job.settle()
+            job.run(beside=True, record=self.measured)
 
     def measured(self, job: _SideJob) -> None:
         """Count a job that has run (here, or in a loop with as many threads) in the seconds per item of its kind;
@@ -618,13 +616,6 @@ class _SideWorker:
                 self.running = None
             if job.beside or torch.get_num_threads() == self.threads:
                 self.seconds_per_item[job.kind] = job.seconds / job.items
-
-
-def _timed(function: Callable, *args) -> tuple[object, float]:
-    """`function(*args)` and the seconds it took."""
-    begin = time.perf_counter()
-    result = function(*args)
-    return result, time.perf_counter() - begin
 
 
 def side_threads_of(model, requested: int | None = None) -> int:
@@ -990,9 +981,7 @@ class OpenS2SEngine:
         if job is None:
             self._take_back_side_jobs(block=True)
             return
-        job.run(beside=False)
-        self.side.measured(job)
-        job.settle()
+        job.run(beside=False, record=self.side.measured)
         self._take_back_side_jobs()
 
     def _fail(self, conversations: list[Conversation], error: BaseException, what: str) -> None:
@@ -1133,7 +1122,7 @@ class OpenS2SEngine:
         # (Ids, not the objects: the set must not keep a model alive.)
         key = key._replace(model=id(key.model), estimator=id(key.estimator) if key.estimator is not None else None)
         compiling = key.estimator is not None and key not in _compiled_chunk_shapes
-        render = partial(_timed, render_chunks, [member.interleaver.audio_stream for member in members])
+        render = partial(render_chunks, [member.interleaver.audio_stream for member in members])
 
         def take_back(job: _SideJob) -> None:
             for member in members:
@@ -1141,7 +1130,7 @@ class OpenS2SEngine:
             if job.future.exception() is not None:
                 self._fail(members, job.future.exception(), "token2wav")
                 return
-            waveforms, seconds = job.future.result()
+            waveforms, seconds = job.future.result(), job.seconds
             _compiled_chunk_shapes.add(key)
             self.work["token2wav_batches"] += 1
             self.work["token2wav_chunks"] += len(members)
@@ -1164,7 +1153,7 @@ class OpenS2SEngine:
         one shape as one batch ([`finish_streams`]), beside the loop when the side worker takes the job, else now; each
         conversation resumes with its waveform at its next step."""
         requests = [member.parked for member in members]
-        render = partial(_timed, finish_streams, [request.audio_stream for request in requests])
+        render = partial(finish_streams, [request.audio_stream for request in requests])
 
         def take_back(job: _SideJob) -> None:
             for member in members:
@@ -1172,7 +1161,7 @@ class OpenS2SEngine:
             if job.future.exception() is not None:
                 self._fail(members, job.future.exception(), "token2wav")
                 return
-            waveforms, seconds = job.future.result()
+            waveforms, seconds = job.future.result(), job.seconds
             self.work["token2wav_seconds"] += seconds
             self.work["side_seconds"] += seconds if job.beside else 0.0
             for request, waveform in zip(requests, waveforms, strict=True):
@@ -1192,7 +1181,6 @@ class OpenS2SEngine:
         if job is None:
             job = _SideJob(function, "token2wav", chunks, self)
             job.run(beside=False)
-            job.settle()
             take_back(job)
             return None
         self.side_jobs.append((job, take_back))
