@@ -58,6 +58,7 @@ chunk's rows) run uncompiled against the same pool, so a new prompt length never
 in powers of two from 64 (a longer answer recompiles once per new length).
 """
 
+import copy
 import logging
 import os
 import queue
@@ -112,13 +113,15 @@ def _pad_rows(tensor: torch.Tensor, rows: int) -> torch.Tensor:
 
 
 def _feed_masks(model, feeds: list[_Feed], inputs: list[torch.Tensor], positions: list) -> dict[str, list]:
-    """Per layer type, every feed's attention mask, built as the LM's own forward builds it for a batch of one."""
+    """Per layer type, every feed's attention mask, built as the LM's own forward builds it for a batch of one (for
+    the LM's own attention implementation, whether or not a loop's forward has switched it meanwhile)."""
     masks: dict[str, list] = {"full_attention": []}
     if getattr(model, "has_sliding_layers", False):
         masks["sliding_attention"] = []
+    config = _unswitched(model.config)
     for feed, embeds, (attention_mask, position_ids) in zip(feeds, inputs, positions, strict=True):
         kwargs = {
-            "config": model.config,
+            "config": config,
             "inputs_embeds": embeds,
             "attention_mask": attention_mask,
             "cache": feed.state.cache,
@@ -166,6 +169,7 @@ def _forward_lock(model) -> threading.RLock:
 # Attention implementation of each LM config while its packed feeds run through `_packed_attention`.
 _PACKED_ATTENTION = "opens2s_packed"
 _packed_attention_inner: dict[int, str] = {}
+_switch_guard = threading.Lock()
 
 
 def _packed_attention(module, query: torch.Tensor, key, value, attention_mask, packed_spans=None, **kwargs):
@@ -190,15 +194,30 @@ def _packed_attention(module, query: torch.Tensor, key, value, attention_mask, p
 def _attention_packed(config):
     """Route `config`'s attention through [`_packed_attention`] for one forward (restored afterwards). The function
     is registered with transformers' attention functions on first use, not at import. Callers hold the model's
-    [`_forward_lock`]: a second switch at the same time would take this one for the LM's own implementation."""
+    [`_forward_lock`]: a second switch at the same time would take this one for the LM's own implementation.
+
+    A forward of another thread meanwhile (a prompt's, beside the loop) goes through [`_packed_attention`] with
+    nothing packed, which calls the LM's own implementation: the entry of `_packed_attention_inner` exists whenever
+    the config names the packed function (both change together, under `_switch_guard`)."""
     if _PACKED_ATTENTION not in ALL_ATTENTION_FUNCTIONS:
         ALL_ATTENTION_FUNCTIONS.register(_PACKED_ATTENTION, _packed_attention)
-    _packed_attention_inner[id(config)] = config._attn_implementation
-    config._attn_implementation_internal = _PACKED_ATTENTION
+    with _switch_guard:
+        _packed_attention_inner[id(config)] = config._attn_implementation
+        config._attn_implementation_internal = _PACKED_ATTENTION
     try:
         yield
     finally:
-        config._attn_implementation_internal = _packed_attention_inner.pop(id(config))
+        with _switch_guard:
+            config._attn_implementation_internal = _packed_attention_inner.pop(id(config))
+
+
+def _unswitched(config):
+    """A copy of `config` naming the LM's own attention implementation, as it is outside [`_attention_packed`]:
+    what masks are built for (transformers picks the mask format from it)."""
+    view = copy.copy(config)
+    with _switch_guard:
+        view._attn_implementation_internal = _packed_attention_inner.get(id(config), config._attn_implementation)
+    return view
 
 
 @torch.no_grad()
@@ -207,7 +226,10 @@ def forward_packed(causal_lm, feeds: list[_Feed]) -> None:
     every feed's `hidden` `(1, n, hidden)` and `logits` `(1, vocab)`.
 
     It is the LM's own forward (`causal_lm.model`) on the feeds' new positions one after another in one sequence
-    (zero positions pad it to `MIN_GEMM_ROWS`), with the attention split per feed (see the module docstring).
+    (zero positions pad it to `MIN_GEMM_ROWS`), with the attention split per feed (see the module docstring); the
+    caller holds the model's [`_forward_lock`]. One feed of at least `MIN_GEMM_ROWS` positions (a prompt) needs
+    neither padding nor split: it runs on its own cache with the LM's own attention, the same arithmetic, and so
+    without the lock, beside the loop's forwards.
     """
     model = causal_lm.model
     inputs = [feed.inputs_embeds.to(causal_lm.lm_head.weight.device) for feed in feeds]
@@ -219,15 +241,14 @@ def forward_packed(causal_lm, feeds: list[_Feed]) -> None:
     masks = _feed_masks(model, feeds, inputs, positions)
     packed = _pad_rows(torch.cat(inputs, dim=1)[0], MIN_GEMM_ROWS)[None]
     position_ids = _pad_rows(torch.cat([position_ids for _, position_ids in positions], dim=1)[0], MIN_GEMM_ROWS)
-    with _attention_packed(model.config):
-        hidden = model(
-            inputs_embeds=packed,
-            attention_mask=masks,
-            position_ids=position_ids[None],
-            cache=_PackedCaches([feed.state.cache for feed in feeds], spans),
-            use_cache=True,
-            packed_spans=spans,
-        ).last_hidden_state
+    kwargs = {"inputs_embeds": packed, "position_ids": position_ids[None], "use_cache": True}
+    if len(feeds) == 1 and spans[0][1] == packed.shape[1]:
+        masks = {layer_type: feed_masks[0] for layer_type, feed_masks in masks.items()}
+        hidden = model(attention_mask=masks, cache=feeds[0].state.cache, **kwargs).last_hidden_state
+    else:
+        caches = _PackedCaches([feed.state.cache for feed in feeds], spans)
+        with _attention_packed(model.config):
+            hidden = model(attention_mask=masks, cache=caches, packed_spans=spans, **kwargs).last_hidden_state
     last = torch.stack([hidden[0, end - 1] for _, end in spans])
     logits = causal_lm.lm_head(_pad_rows(last, MIN_GEMM_ROWS))
     for index, (feed, (start, end)) in enumerate(zip(feeds, spans, strict=True)):
@@ -524,7 +545,7 @@ class _SideWorker:
 
     _by_threads: dict[int, "_SideWorker"] = {}
     _guard = threading.Lock()
-    _PRIORITY = {"audio_encoder": 0, "token2wav": 1}
+    _PRIORITY = {"text_prefill": 0, "audio_encoder": 1, "token2wav": 2}
 
     def __init__(self, threads: int):
         self.threads = threads
@@ -565,21 +586,30 @@ class _SideWorker:
             wait += cost
         return wait
 
-    def offer(self, function: Callable[[], object], kind: str, items: int, owner: object) -> _SideJob | None:
-        """Queue `function` when the wait it can expect is no longer than its own cost (a job of a kind not measured
-        yet only when the worker is idle); `None`: not queued, the caller runs it."""
+    def accepts(self, kind: str, items: int) -> bool:
+        """Whether a job of `kind` and `items` would queue now: the wait it can expect is no longer than its own
+        cost, or the worker is idle (the only case for a kind not measured yet)."""
+        with self.lock:
+            if self.running is None and not self.queue:
+                return True
+            wait, per_item = self._expected_wait(), self.seconds_per_item.get(kind)
+            return wait is not None and per_item is not None and wait <= per_item * items
+
+    def put(self, function: Callable[[], object], kind: str, items: int, owner: object) -> _SideJob:
+        """Queue `function` (see [`accepts`]) behind the jobs of its priority and before those of lower ones."""
         job = _SideJob(function, kind, items, owner)
         with self.lock:
-            idle = self.running is None and not self.queue
-            wait, cost = self._expected_wait(), self._cost(job)
-            if not idle and (wait is None or cost is None or wait > cost):
-                return None
             position = len(self.queue)
             while position and self._PRIORITY[self.queue[position - 1].kind] > self._PRIORITY[kind]:
                 position -= 1
             self.queue.insert(position, job)
             self.lock.notify()
         return job
+
+    def offer(self, function: Callable[[], object], kind: str, items: int, owner: object) -> _SideJob | None:
+        """Queue `function` when the worker [`accepts`] it; `None`: not queued, the caller runs it."""
+        with self.lock:
+            return self.put(function, kind, items, owner) if self.accepts(kind, items) else None
 
     def take(self, owner: object) -> _SideJob | None:
         """The first queued job of `owner`, taken out of the queue for the caller to run (an idle loop)."""
@@ -911,6 +941,7 @@ class OpenS2SEngine:
                 self._await_side_work()
                 feeds, _ = self._advance_all()
             owners = {id(conversation.request): conversation for conversation in self.active if conversation.request}
+            feeds = self._prompts_beside(feeds, owners)
             groups = _forward_groups(self._choose(feeds, owners), pack=self.fast is None)
             for conversation in owners.values():
                 conversation.waited += 1
@@ -960,6 +991,42 @@ class OpenS2SEngine:
         conversation.job = job
         self.side_jobs.append((job, take_back))
         return True
+
+    def _prompts_beside(self, feeds: list[_Feed], owners: dict) -> list[_Feed]:
+        """Hand the prompt forwards among `feeds` (prompts encoded in the loop) to the side worker when it [accepts]
+        them and other feeds run this step; returns the feeds left for the loop. Like its encoding, a prompt's
+        forward is one conversation's many positions, bound by arithmetic (at the mid preset it costs ~2 LLM steps of
+        eight rows): beside the loop, the others go on decoding meanwhile. Alone it stays in the loop, with the
+        loop's threads. The eager path only: the fast path's prompt forwards write the pools every compiled step
+        reads."""
+        if self.side is None or self.fast is not None or len(feeds) < 2:
+            return feeds
+        kept = []
+        for feed in feeds:
+            positions = feed.inputs_embeds.shape[1]
+            prompt = feed.stage == "text_prefill" and positions >= MIN_GEMM_ROWS
+            if not prompt or not self.side.accepts(feed.stage, positions):
+                kept.append(feed)
+                continue
+            conversation = owners[id(feed)]
+            conversation.request = None
+            job = self.side.put(partial(forward_packed, feed.state.causal_lm, [feed]), feed.stage, positions, self)
+            conversation.job = job
+            self.side_jobs.append((job, partial(self._prompt_taken_back, conversation, feed)))
+        return kept
+
+    def _prompt_taken_back(self, conversation: Conversation, feed: _Feed, job: _SideJob) -> None:
+        """A prompt's forward beside the loop has ended: count it; the conversation resumes with its results."""
+        conversation.job = None
+        self.work["forwards"] += 1
+        self.work["forward_seconds"] += job.seconds
+        self.work["side_seconds"] += job.seconds if job.beside else 0.0
+        if job.future.exception() is not None:
+            self._fail([conversation], job.future.exception(), "forward")
+        elif not conversation.done:
+            conversation.interleaver.clock.add(feed.stage, job.seconds)
+            conversation.waited = 0
+            conversation.ran(feed.state.causal_lm)
 
     def _take_back_side_jobs(self, block: bool = False) -> None:
         """Take back the side work that has ended (results, audio events, errors), in the loop's thread; with
@@ -1198,7 +1265,8 @@ class OpenS2SEngine:
             if conversation.done:
                 return
             job = conversation.job
-            if job is not None and job.kind == "audio_encoder" and self.side.withdraw(job):  # queued, not started
+            # Its own prompt's work, queued and not started, leaves the queue (token2wav jobs may hold others too).
+            if job is not None and job.kind != "token2wav" and self.side.withdraw(job):
                 self.side_jobs = [(queued, take_back) for queued, take_back in self.side_jobs if queued is not job]
             if conversation in self.active:
                 self._leave(conversation)
