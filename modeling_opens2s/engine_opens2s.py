@@ -34,13 +34,15 @@ alone up to float32 rounding); the answers that complete in one step render thei
 (`finish_streams`). The original OpenS2S schedule (`token2wav_mode="original"`) renders inside its own `push`, one
 conversation at a time.
 
-Side work: a prompt's encoding and token2wav chunks need no other conversation's rows and are bound by arithmetic,
-where the LM steps are bound by memory bandwidth on a CPU. With a side worker ([`_SideWorker`], on the cores torch's
-intra-op pool leaves free) they run beside the loop while it decodes the others: a newcomer waits for its encoding, a
-conversation whose chunk renders goes on generating. Jobs queue on the worker (encodings first) when the wait is no
-longer than the job itself, else the loop runs them (waiting stalls one conversation, running in the loop stalls them
-all); a loop with nothing to decode runs its own queued jobs, and token2wav batches go as two halves so both lanes can
-finish one. When a prompt's encoding or a chunk ends then depends on timing; ids never do.
+Side work: a prompt's encoding, the LLM's forward over a prompt and token2wav chunks need no other conversation's rows
+and are bound by arithmetic, where the LM steps are bound by memory bandwidth on a CPU. With a side worker
+([`_SideWorker`], on the cores torch's intra-op pool leaves free) they run beside the loop while it decodes the others:
+a newcomer waits for its encoding and its prompt's forward (one feed of many positions: no padding, no split attention,
+so it runs outside the forward lock on its own cache), a conversation whose chunk renders goes on generating. Jobs
+queue on the worker (prompt forwards, then encodings first) when the wait is no longer than the job itself, else the
+loop runs them (waiting stalls one conversation, running in the loop stalls them all); a loop with nothing to decode
+runs its own queued jobs, and token2wav batches go as two halves so both lanes can finish one. When a prompt's
+encoding or forward or a chunk ends then depends on timing; ids never do.
 
 `model.stream` and `model.generate` are this engine with one conversation.
 
@@ -500,9 +502,9 @@ class _FastPath:
 # ---------------------------------------------------------------------------------------------------------- side work
 class _SideJob:
     """One piece of side work: `function` (its result or exception go to `future`), of `kind` (`"audio_encoder"`,
-    `"token2wav"`) and `items` (prompts, chunks: its cost is about `items` times the kind's cost per item), queued by
-    `owner` (an engine). `beside` tells whether the side worker ran it (else an idle loop did, see
-    [`_SideWorker.take`])."""
+    `"text_prefill"`, `"token2wav"`) and `items` (prompts, positions, chunks: its cost is about `items` times the
+    kind's cost per item), queued by `owner` (an engine). `beside` tells whether the side worker ran it (else an idle
+    loop did, see [`_SideWorker.take`])."""
 
     def __init__(self, function: Callable[[], object], kind: str, items: int, owner: object):
         self.function, self.kind, self.items, self.owner = function, kind, items, owner
@@ -532,16 +534,16 @@ class _SideJob:
 
 class _SideWorker:
     """One thread beside the engine loops of the process, for compute-bound work of single conversations: prompt
-    encoding and token2wav chunks. The loop's LM steps are bound by memory bandwidth on CPU (a second intra-op
-    thread barely speeds them up), the audio encoder and token2wav by arithmetic, so a core that torch's intra-op
-    pool leaves free does that work while the loop decodes. Its thread sets its own intra-op thread count
+    encoding, the LLM's forward over a prompt and token2wav chunks. The loop's LM steps are bound by memory bandwidth
+    on CPU (a second intra-op thread barely speeds them up), that work by arithmetic, so a core that torch's intra-op
+    pool leaves free does it while the loop decodes. Its thread sets its own intra-op thread count
     (thread-local in torch).
 
-    Jobs wait in a queue, prompt encodings first (a newcomer waits for its encoding; token2wav work holds up only
-    audio). An engine queues a job only when the wait it can expect (the running job's rest and the jobs ahead, from
-    the seconds per item measured on this worker) is no longer than the job would take: running it in its loop
-    instead would stall every conversation of the loop for that long, waiting stalls only this one. A loop with
-    nothing to decode runs its own queued jobs itself ([`take`])."""
+    Jobs wait in a queue, a newcomer's work first: its prompt's forward (its encoding is done already), then
+    encodings (token2wav work holds up only audio). An engine queues a job only when the wait it can expect (the
+    running job's rest and the jobs ahead, from the seconds per item measured on this worker) is no longer than the
+    job would take: running it in its loop instead would stall every conversation of the loop for that long, waiting
+    stalls only this one. A loop with nothing to decode runs its own queued jobs itself ([`take`])."""
 
     _by_threads: dict[int, "_SideWorker"] = {}
     _guard = threading.Lock()

@@ -116,7 +116,8 @@ def test_batched_greedy_ids_equal_each_conversation_alone(tiny, prompts):
 def test_a_packed_forward_gives_every_feed_bitwise_the_hidden_states_and_logits_of_that_feed_alone(tiny):
     """Feeds of 1, 2, 3, 5 and 17 new positions, with caches of different lengths, in one packed forward: every
     feed's hidden states and logits are bitwise those of the same feed run alone (which is also padded to
-    `MIN_GEMM_ROWS` positions), so packing cannot change an id."""
+    `MIN_GEMM_ROWS` positions; alone, a feed of that many positions or more runs on its own cache with the LM's own
+    attention, as a prompt's forward beside the loop does), so packing cannot change an id."""
     model, _ = tiny
     module = sys.modules[type(model.engine()).__module__]  # the remote-code copy of the engine module, if any
     causal_lm = model.language_model
@@ -360,6 +361,53 @@ def test_a_prompt_encoded_beside_the_loop_does_not_stall_the_others(tiny, prompt
     assert not encoded_on(3).startswith("opens2s-side") and blocked.events.qsize() == 0
     gate.set()
     results[1] = ids_of(blocked)
+    for index, mine in results.items():
+        reference = alone[index]
+        assert mine["text"] == reference["text"] and mine["speech"] == reference["speech"], f"conversation {index}"
+
+
+def test_a_prompt_forward_runs_beside_the_loop_while_the_others_decode(tiny, prompts, monkeypatch):
+    """A prompt encoded in the loop (the worker was busy) has its LLM forward queued on the side worker, which runs
+    it without the model's forward lock while the loop goes on decoding the others (checked: that forward is held
+    on the worker's thread for several steps); a conversation cancelled while its prompt forward waits leaves the
+    queue. Ids stay those alone."""
+    model, processor = tiny
+    kwargs = {"max_new_tokens": 8, "speech_max_new_tokens": 24, "token2wav": False}
+    alone = [solo(tiny, inputs, **kwargs) for inputs in prompts[:3]]
+    engine = model.engine(processor=processor, side_threads=1)
+    module = sys.modules[type(engine).__module__]
+    forward_packed, gate, prompt_threads = module.forward_packed, threading.Event(), []
+
+    def gated_forward_packed(causal_lm, feeds):
+        if feeds[0].stage == "text_prefill":
+            prompt_threads.append(threading.current_thread().name)
+            if prompt_threads[-1].startswith("opens2s-side"):
+                assert gate.wait(timeout=60)
+        return forward_packed(causal_lm, feeds)
+
+    monkeypatch.setattr(module, "forward_packed", gated_forward_packed)
+    first = engine.submit(prompts[0], **kwargs)
+    while first.events.qsize() == 0:
+        engine.step()
+    # Encodings stay in the loop, prompt forwards go to the worker.
+    monkeypatch.setattr(engine.side, "accepts", lambda kind, items: kind == "text_prefill")
+    newcomer = engine.submit(prompts[1], **kwargs)
+    engine.step()
+    assert newcomer.job is not None and newcomer.job.kind == "text_prefill" and newcomer.request is None
+    before = first.events.qsize()
+    for _ in range(4):
+        engine.step()
+    assert first.events.qsize() > before and newcomer.events.qsize() == 0
+    assert prompt_threads[-1].startswith("opens2s-side") and not newcomer.job.future.done()
+
+    cancelled = engine.submit(prompts[2], **kwargs)
+    engine.step()
+    assert cancelled.job in engine.side.queue and cancelled.job.kind == "text_prefill"
+    cancelled.cancel()
+    assert [event.kind for event in cancelled][-1] == "done" and cancelled.job not in engine.side.queue
+    gate.set()
+    late = engine.submit(prompts[2], **kwargs)
+    results = {0: ids_of(first), 1: ids_of(newcomer), 2: ids_of(late)}
     for index, mine in results.items():
         reference = alone[index]
         assert mine["text"] == reference["text"] and mine["speech"] == reference["speech"], f"conversation {index}"
