@@ -999,9 +999,12 @@ class OpenS2SEngine:
         them and other feeds run this step; returns the feeds left for the loop. Like its encoding, a prompt's
         forward is one conversation's many positions, bound by arithmetic (at the mid preset it costs ~2 LLM steps of
         eight rows): beside the loop, the others go on decoding meanwhile. Alone it stays in the loop, with the
-        loop's threads. The eager path only: the fast path's prompt forwards write the pools every compiled step
-        reads."""
+        loop's threads. Only when the worker has as many intra-op threads as the loop, so the forward's arithmetic
+        (and so every id) is the same on either thread; and on the eager path only: the fast path's prompt forwards
+        write the pools every compiled step reads."""
         if self.side is None or self.fast is not None or len(feeds) < 2:
+            return feeds
+        if self.side.threads != torch.get_num_threads():
             return feeds
         kept = []
         for feed in feeds:
@@ -1023,9 +1026,11 @@ class OpenS2SEngine:
         self.work["forwards"] += 1
         self.work["forward_seconds"] += job.seconds
         self.work["side_seconds"] += job.seconds if job.beside else 0.0
+        if conversation.done:  # cancelled meanwhile (a forward on its released cache may have failed)
+            return
         if job.future.exception() is not None:
             self._fail([conversation], job.future.exception(), "forward")
-        elif not conversation.done:
+        else:
             conversation.interleaver.clock.add(feed.stage, job.seconds)
             conversation.waited = 0
             conversation.ran(feed.state.causal_lm)
