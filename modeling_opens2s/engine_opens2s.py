@@ -995,8 +995,8 @@ class OpenS2SEngine:
         return True
 
     def _prompts_beside(self, feeds: list[_Feed], owners: dict) -> list[_Feed]:
-        """Hand the prompt forwards among `feeds` (prompts encoded in the loop) to the side worker when it [accepts]
-        them and other feeds run this step; returns the feeds left for the loop. Like its encoding, a prompt's
+        """Hand the prompt forwards among `feeds` to the side worker when it [accepts] them and other feeds run this
+        step; returns the feeds left for the loop. Like its encoding, a prompt's
         forward is one conversation's many positions, bound by arithmetic (at the mid preset it costs ~2 LLM steps of
         eight rows): beside the loop, the others go on decoding meanwhile. Alone it stays in the loop, with the
         loop's threads. Only when the worker has as many intra-op threads as the loop, so the forward's arithmetic
