@@ -9,7 +9,9 @@ Run from the repository root (nothing is downloaded; random weights):
 
 Options: `--text-tokens 32 --units 80` (each conversation writes exactly these: greedy, EOS suppressed),
 `--stagger 3` (conversation i arrives at engine step 3 i), `--threads N` (torch CPU threads; printed), `--seed`,
-`--no-audio` (units only: what batching the two LMs gives, without the per-conversation token2wav).
+`--no-audio` (units only: what batching the two LMs gives, without the per-conversation token2wav), `--repeat K` (K
+runs of each measurement, engine and one-after-another alternating, the solo reference too: the rows show the median
+run, and each run's ratios are printed; on a shared CPU one run varies by ~8%).
 
 Each conversation has its own prompt (`benchmarks.streaming.build_inputs` with seed i) and speaks through a token2wav
 decoder (tiny dims on CPU, the full GLM-4-Voice dims with `--size full`); every decoder id below the EOS is a unit.
@@ -166,7 +168,20 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-audio", action="store_true", help="units only (no token2wav): the LMs' batching alone")
-    return parser.parse_args(argv)
+    parser.add_argument("--repeat", type=int, default=1, help="runs of each measurement; the median run is shown")
+    args = parser.parse_args(argv)
+    if args.repeat < 1:
+        parser.error(f"--repeat must be >= 1, got {args.repeat}")
+    return args
+
+
+def _median_run(results: list[dict], key: str) -> dict:
+    """The run whose `key` is the median (the lower middle of an even count)."""
+    return sorted(results, key=lambda result: result[key])[(len(results) - 1) // 2]
+
+
+def _listed(values: list[float], unit: str) -> str:
+    return " ".join(f"{value:.2f}{unit}" for value in values)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -199,19 +214,30 @@ def main(argv: list[str] | None = None) -> None:
     print(
         f"{'N':>3} {'mode':<11}{'units/s':>9}{'unit p50':>9}{'unit p95':>9}{'aud p50':>9}{'aud p95':>9}{'MB/conv':>10}"
     )
-    solo = run_sequential(model, prompts_all[:1], kwargs)
+    solos = [run_sequential(model, prompts_all[:1], kwargs) for _ in range(args.repeat)]
+    solo = _median_run(solos, "unit_p95")
     for count in counts:
         prompts = prompts_all[:count]
-        engine = run_engine(model, prompts, kwargs, args.stagger)
-        sequential = solo if count == 1 else run_sequential(model, prompts, kwargs)
+        engines, sequentials = [], []
+        for run in range(args.repeat):
+            engines.append(run_engine(model, prompts, kwargs, args.stagger))
+            sequentials.append(solos[run] if count == 1 else run_sequential(model, prompts, kwargs))
+        engine, sequential = _median_run(engines, "units_per_s"), _median_run(sequentials, "units_per_s")
         print(_row(count, engine))
         print(_row(count, sequential))
         print(_work_line(count, engine["work"]))
         print(
             f"{count:>3} engine/seq  {engine['units_per_s'] / sequential['units_per_s']:>8.2f}x units/s, "
-            f"first-unit p95 {engine['unit_p95'] / solo['unit_p95']:.2f}x solo "
+            f"first-unit p95 {_median_run(engines, 'unit_p95')['unit_p95'] / solo['unit_p95']:.2f}x solo "
             f"(goal at 8 on CPU: >= {GOAL_SPEEDUP}x, <= {GOAL_FIRST_UNIT_P95}x)"
         )
+        if args.repeat > 1:
+            ratios = [e["units_per_s"] / s["units_per_s"] for e, s in zip(engines, sequentials, strict=True)]
+            latencies = [e["unit_p95"] / solo["unit_p95"] for e in engines]
+            print(
+                f"{count:>3} each run   units/s ratio {_listed(ratios, 'x')}; first-unit p95 vs solo "
+                f"{_listed(latencies, 'x')} (solo runs {_listed([s['unit_p95'] for s in solos], ' s')})"
+            )
 
 
 if __name__ == "__main__":
