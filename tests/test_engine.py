@@ -394,11 +394,15 @@ def test_a_prompt_forward_runs_beside_the_loop_while_the_others_decode(tiny, pro
     newcomer = engine.submit(prompts[1], **kwargs)
     engine.step()
     assert newcomer.job is not None and newcomer.job.kind == "text_prefill" and newcomer.request is None
+    for _ in range(1000):  # the worker's thread takes the job (and stops at the gate) within 10 s
+        if any(name.startswith("opens2s-side") for name in prompt_threads):
+            break
+        threading.Event().wait(0.01)
+    assert prompt_threads[-1].startswith("opens2s-side")
     before = first.events.qsize()
     for _ in range(4):
         engine.step()
-    assert first.events.qsize() > before and newcomer.events.qsize() == 0
-    assert prompt_threads[-1].startswith("opens2s-side") and not newcomer.job.future.done()
+    assert first.events.qsize() > before and newcomer.events.qsize() == 0 and not newcomer.job.future.done()
 
     cancelled = engine.submit(prompts[2], **kwargs)
     engine.step()
