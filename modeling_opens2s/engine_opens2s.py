@@ -567,22 +567,23 @@ class _SideWorker:
                 worker = cls._by_threads[threads] = cls(threads)
             return worker
 
-    def _cost(self, job: _SideJob) -> float | None:
-        per_item = self.seconds_per_item.get(job.kind)
-        return None if per_item is None else per_item * job.items
+    def _cost(self, kind: str, items: int) -> float | None:
+        """Expected seconds of a job of `kind` and `items` (`None`: that kind was never measured)."""
+        per_item = self.seconds_per_item.get(kind)
+        return None if per_item is None else per_item * items
 
     def _expected_wait(self) -> float | None:
         """Seconds until a job queued now would start (`None`: unknown, a job ahead is of a kind never measured)."""
         wait = 0.0
         if self.running is not None:
-            cost = self._cost(self.running)
+            cost = self._cost(self.running.kind, self.running.items)
             if cost is None:
                 return None
             # A job that runs late is expected to run as late again (one stuck compiling repels new work).
             elapsed = time.perf_counter() - self.running_since
             wait += abs(cost - elapsed)
         for job in self.queue:
-            cost = self._cost(job)
+            cost = self._cost(job.kind, job.items)
             if cost is None:
                 return None
             wait += cost
@@ -594,8 +595,8 @@ class _SideWorker:
         with self.lock:
             if self.running is None and not self.queue:
                 return True
-            wait, per_item = self._expected_wait(), self.seconds_per_item.get(kind)
-            return wait is not None and per_item is not None and wait <= per_item * items
+            wait, cost = self._expected_wait(), self._cost(kind, items)
+            return wait is not None and cost is not None and wait <= cost
 
     def put(self, function: Callable[[], object], kind: str, items: int, owner: object) -> _SideJob:
         """Queue `function` (see [`accepts`]) behind the jobs of its priority and before those of lower ones."""
@@ -763,8 +764,12 @@ class Conversation:
         """Whether some of its work runs (or waits to run) beside the loop."""
         return self.job is not None or self.parked is not None or self.rendering is not None
 
-    def ran(self, causal_lm) -> None:
-        """Count a forward of `causal_lm` (see [`run_of`])."""
+    def answered(self, feed: _Feed, seconds: float, stage: str) -> None:
+        """Its forward request `feed` has run (`seconds`, counted in its clock's `stage`): clear the request and count
+        the forward of that LM (see [`run_of`])."""
+        self.interleaver.clock.add(stage, seconds)
+        self.request, self.waited = None, 0
+        causal_lm = feed.state.causal_lm
         self.run_length = self.run_length + 1 if causal_lm is self.last_lm else 1
         self.last_lm = causal_lm
 
@@ -876,7 +881,7 @@ class OpenS2SEngine:
         self.next_id = 0
         self.steps = 0
         # Work done so far, for benchmarks and monitoring: LM forwards, token2wav batches (and the chunks in them),
-        # seconds of each kind of work, and of the part that ran beside the loop (prompt encoding, token2wav).
+        # seconds of each kind of work, and of the part that ran beside the loop (prompts, token2wav).
         self.work = dict.fromkeys(("forwards", "token2wav_batches", "token2wav_chunks"), 0)
         seconds = ("forward_seconds", "token2wav_seconds", "audio_encoder_seconds", "side_seconds")
         self.work |= dict.fromkeys(seconds, 0.0)
@@ -914,7 +919,7 @@ class OpenS2SEngine:
         `"forwards"` (LM forwards run) and their `"forward_seconds"`, `"token2wav_batches"` (flow + vocoder calls
         of the engine's batches), `"token2wav_chunks"` (chunks rendered in them), `"token2wav_seconds"` (those
         batches and each answer's last chunk), `"audio_encoder_seconds"` (prompt encoding) and `"side_seconds"`
-        (the part of the last two that ran beside the loop, on the side worker)."""
+        (the part of those and of the prompt forwards that ran beside the loop, on the side worker)."""
         with self.lock:
             return {
                 "active": len(self.active),
@@ -980,15 +985,14 @@ class OpenS2SEngine:
 
         def take_back(job: _SideJob) -> None:
             conversation.job = None
-            self.work[f"{request.stage}_seconds"] += request.seconds
-            self.work["side_seconds"] += request.seconds if job.beside else 0.0
+            self._count_seconds(request.stage, request.seconds, job.beside)
             if job.future.exception() is not None:
                 self._fail([conversation], job.future.exception(), "side work")
 
         job = self.side.offer(request.run, request.stage, 1, self) if self.side is not None else None
         if job is None:
             request.run()  # an error ends this conversation through `advance`
-            self.work[f"{request.stage}_seconds"] += request.seconds
+            self._count_seconds(request.stage, request.seconds, beside=False)
             return False
         conversation.job = job
         self.side_jobs.append((job, take_back))
@@ -1024,16 +1028,13 @@ class OpenS2SEngine:
         """A prompt's forward beside the loop has ended: count it; the conversation resumes with its results."""
         conversation.job = None
         self.work["forwards"] += 1
-        self.work["forward_seconds"] += job.seconds
-        self.work["side_seconds"] += job.seconds if job.beside else 0.0
+        self._count_seconds("forward", job.seconds, job.beside)
         if conversation.done:  # cancelled meanwhile (a forward on its released cache may have failed)
             return
         if job.future.exception() is not None:
             self._fail([conversation], job.future.exception(), "forward")
         else:
-            conversation.interleaver.clock.add(feed.stage, job.seconds)
-            conversation.waited = 0
-            conversation.ran(feed.state.causal_lm)
+            conversation.answered(feed, job.seconds, feed.stage)
 
     def _take_back_side_jobs(self, block: bool = False) -> None:
         """Take back the side work that has ended (results, audio events, errors), in the loop's thread; with
@@ -1057,6 +1058,12 @@ class OpenS2SEngine:
             return
         job.run(beside=False, record=self.side.measured)
         self._take_back_side_jobs()
+
+    def _count_seconds(self, kind: str, seconds: float, beside: bool) -> None:
+        """Count `seconds` of `kind` work (`"forward"`, `"token2wav"`, `"audio_encoder"`) in `work`, and in its
+        `side_seconds` when they ran beside the loop."""
+        self.work[f"{kind}_seconds"] += seconds
+        self.work["side_seconds"] += seconds if beside else 0.0
 
     def _fail(self, conversations: list[Conversation], error: BaseException, what: str) -> None:
         """End `conversations` with `error` (their callers get it); the others go on."""
@@ -1122,12 +1129,9 @@ class OpenS2SEngine:
                 continue
             seconds = time.perf_counter() - begin
             self.work["forwards"] += 1
-            self.work["forward_seconds"] += seconds
+            self._count_seconds("forward", seconds, beside=False)
             for feed in group:
-                conversation = owners[id(feed)]
-                conversation.interleaver.clock.add("compile" if compiling else feed.stage, seconds)
-                conversation.request, conversation.waited = None, 0
-                conversation.ran(feed.state.causal_lm)
+                owners[id(feed)].answered(feed, seconds, "compile" if compiling else feed.stage)
 
     def _render_audio(self) -> None:
         """Render the ready token2wav chunks of the active conversations (block streaming), the chunks of one shape
@@ -1208,8 +1212,7 @@ class OpenS2SEngine:
             _compiled_chunk_shapes.add(key)
             self.work["token2wav_batches"] += 1
             self.work["token2wav_chunks"] += len(members)
-            self.work["token2wav_seconds"] += seconds
-            self.work["side_seconds"] += seconds if job.beside else 0.0
+            self._count_seconds("token2wav", seconds, job.beside)
             for member, waveform in zip(members, waveforms, strict=True):
                 member.audio_waited = 0
                 if member.done:  # cancelled meanwhile
@@ -1236,8 +1239,7 @@ class OpenS2SEngine:
                 self._fail(members, job.future.exception(), "token2wav")
                 return
             waveforms, seconds = job.future.result(), job.seconds
-            self.work["token2wav_seconds"] += seconds
-            self.work["side_seconds"] += seconds if job.beside else 0.0
+            self._count_seconds("token2wav", seconds, job.beside)
             for request, waveform in zip(requests, waveforms, strict=True):
                 request.waveform, request.seconds = waveform, seconds
 

@@ -386,9 +386,14 @@ class BlockStream:
         return torch.cat([faded, played[:, length:]], dim=-1)
 
 
+def _repeats(streams: list[BlockStream]) -> bool:
+    """Whether a stream appears twice in `streams` (a batch would render its chunk twice)."""
+    return len({id(stream) for stream in streams}) < len(streams)
+
+
 def _batch_problem(streams: list[BlockStream]) -> str | None:
     """Why `streams` cannot render their next chunks as one batch, or None."""
-    if len({id(stream) for stream in streams}) < len(streams):
+    if _repeats(streams):
         return "a stream appears twice"
     for index, stream in enumerate(streams):
         if not stream.ready:
@@ -450,7 +455,7 @@ def finish_streams(streams: list[BlockStream]) -> list[torch.Tensor]:
     Returns:
         `list[torch.Tensor]`: each stream's remaining waveform, shape `(1, samples)` (possibly empty), in order.
     """
-    if len({id(stream) for stream in streams}) < len(streams):
+    if _repeats(streams):
         raise ValueError("finish_streams: a stream appears twice")
     pieces = [[_empty_waveform(stream.model), *stream._render_ready()] for stream in streams]
     last_chunks: dict[BatchKey, list[int]] = {}

@@ -23,7 +23,7 @@ ENGINE_WORK = (
     ("forwards", "LM forwards run (every conversation's new positions of one LM packed into one)."),
     ("token2wav_batches", "token2wav flow + vocoder calls (ready chunks of one shape render as one batch)."),
     ("token2wav_chunks", "token2wav chunks rendered in those calls."),
-    ("side_seconds", "Seconds of prompt encoding and token2wav run beside the engine loop, on its side worker."),
+    ("side_seconds", "Seconds of prompt encoding, prompt forwards and token2wav run beside the engine loop."),
 )
 
 
