@@ -39,6 +39,9 @@ REMOTE_CODE_FILES = [
     "processing_opens2s.py",
     "streaming_opens2s.py",
     "engine_opens2s.py",
+    "packed_forward_opens2s.py",
+    "side_worker_opens2s.py",
+    "fast_path_opens2s.py",
     "saving_opens2s.py",
 ]
 # The token2wav decoder's files: a standalone token2wav folder holds these; an OpenS2S folder holds both lists

@@ -12,19 +12,9 @@ so LLM feeds wait (a bounded number of steps) until the conversations meet at th
 on each LM forward holds them all; newcomers never wait (see [`OpenS2SEngine._choose`]). Waiting changes when a row
 runs, never what it computes.
 
-How a packed forward keeps each conversation's greedy ids exactly those of a solo run:
-
-- Every conversation keeps its own `DynamicCache` per LM, of its own length. A packed forward puts only the new
-  positions of its feeds one after another; the weight-heavy parts (projections, MLP, LM head) and the per-position
-  ones (norms, rotary) run on all of them at once, and attention runs feed by feed against that feed's own cache with
-  transformers' own attention function and mask, exactly as a forward of that feed alone. No padding between feeds,
-  no mask over other feeds' lengths: a feed's attention is the same arithmetic alone or packed.
-- A float32 GEMM does not compute a row alike for every number of rows: MKL/oneDNN on x86 (and cuBLAS) pick another
-  kernel, with another summation order, for very few rows (measured here: rows differ by ~1e-6 between 1-3 rows and
-  >= 4 rows, and are identical for any count >= 4 and any place of the row in the GEMM). So every forward is padded
-  with zero positions to at least `MIN_GEMM_ROWS`, alone too: a conversation's arithmetic does not depend on how
-  many neighbours it has or how many positions they feed.
-- Sampling uses each conversation's own generator, so seeded answers do not depend on the neighbours either.
+Each conversation's greedy ids are exactly those of a solo run: a packed forward gives every conversation bitwise the
+arithmetic of a forward of it alone (`packed_forward_opens2s.py`), and sampling uses each conversation's own
+generator, so seeded answers do not depend on the neighbours either.
 
 token2wav: each conversation's block-streaming session only buffers its units while the schedule runs; after the
 forwards of a step, the engine renders every ready chunk, the chunks of one shape (the schedule's fixed block sizes
@@ -34,52 +24,32 @@ alone up to float32 rounding); the answers that complete in one step render thei
 (`finish_streams`). The original OpenS2S schedule (`token2wav_mode="original"`) renders inside its own `push`, one
 conversation at a time.
 
-Side work: a prompt's encoding, the LLM's forward over a prompt and token2wav chunks need no other conversation's rows
-and are bound by arithmetic, where the LM steps are bound by memory bandwidth on a CPU. With a side worker
-([`_SideWorker`], on the cores torch's intra-op pool leaves free) they run beside the loop while it decodes the others:
-a newcomer waits for its encoding and its prompt's forward (one feed of many positions: no padding, no split attention,
-so it runs outside the forward lock on its own cache), a conversation whose chunk renders goes on generating. Jobs
-queue on the worker (prompt forwards, then encodings first) when the wait is no longer than the job itself, else the
-loop runs them (waiting stalls one conversation, running in the loop stalls them all); a loop with nothing to decode
-runs its own queued jobs, and token2wav batches go as two halves so both lanes can finish one. When a prompt's
-encoding or forward or a chunk ends then depends on timing; ids never do.
+Side work (`side_worker_opens2s.py`): a prompt's encoding, the LLM's forward over a prompt and token2wav chunks run
+beside the loop on a side worker when there are cores to spare; token2wav batches go as two halves so the loop and
+the worker can each finish one.
 
-`model.stream` and `model.generate` are this engine with one conversation.
-
-Several engines may share one model from several threads (two `model.stream` calls at once, say): the forwards of
-one model take turns under one lock per model ([`_forward_lock`]), because a forward routes its LM config's
-attention through [`_packed_attention`] for its duration (shared state of the model) and the fast path's pools belong
-to the model.
-Between forwards, every engine advances its own conversations (sampling, token2wav) concurrently.
-
-The fast path (`compile=True`, [`_FastPath`]): each LM keeps one preallocated key/value pool of fixed shape for all
-conversations (a slot each, `max(max_active, MIN_GEMM_ROWS)` slots), so a single-position step is one forward of
-fixed shapes over every slot (idle slots are padding rows), compiled once with `torch.compile` (CUDA graphs on CUDA)
-and reused by every later step and every later engine of the same model. Multi-position forwards (a prompt, a speech
-chunk's rows) run uncompiled against the same pool, so a new prompt length never recompiles. The pool length grows
-in powers of two from 64 (a longer answer recompiles once per new length).
+`model.stream` and `model.generate` are this engine with one conversation. Several engines may share one model from
+several threads (two `model.stream` calls at once, say): their forwards take turns under the model's
+[`forward_lock`]; between forwards, every engine advances its own conversations (sampling, token2wav) concurrently.
+With `compile=True` the engine decodes through static caches and a compiled step (`fast_path_opens2s.py`).
 """
 
-import copy
 import logging
-import os
 import queue
 import threading
 import time
-import weakref
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping
-from concurrent.futures import FIRST_COMPLETED, Future, wait
-from contextlib import contextmanager
+from concurrent.futures import FIRST_COMPLETED, wait
 from functools import partial
 
 import torch
-from transformers.masking_utils import create_causal_mask, create_sliding_window_causal_mask
-from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
-from transformers.models.qwen3.modeling_qwen3 import eager_attention_forward
 
 from .audio_lengths_opens2s import audio_embedding_lengths
+from .fast_path_opens2s import FastPath
 from .modeling_token2wav_streaming import finish_streams, render_chunks
+from .packed_forward_opens2s import MIN_GEMM_ROWS, forward_groups, forward_lock, forward_packed
+from .side_worker_opens2s import SideJob, SideWorker, side_threads_of
 from .streaming_opens2s import _Feed, _FinishAudio, _Interleaver, _SideWork, new_conversation
 
 
@@ -87,9 +57,6 @@ __all__ = ["Conversation", "EngineFull", "OpenS2SEngine", "split_batch", "stream
 
 logger = logging.getLogger(__name__)
 
-# Fewest rows a single-position forward is given (zero rows pad it): from this count on, a float32 GEMM row's result
-# does not depend on the number of rows (see the module docstring).
-MIN_GEMM_ROWS = 4
 _END = object()  # the last item of a conversation's event queue
 # Most engine steps a single-position forward waits for a larger group of its LM to fall in step with (a bound: in
 # practice a conversation meets the others' phase within one text/speech cycle).
@@ -104,565 +71,6 @@ _compiled_chunk_shapes: set = set()
 
 class EngineFull(RuntimeError):
     """Raised by [`OpenS2SEngine.submit`] when `max_active` conversations run and `max_queued` wait already."""
-
-
-# ---------------------------------------------------------------------------------------------------------- forwards
-def _pad_rows(tensor: torch.Tensor, rows: int) -> torch.Tensor:
-    """`tensor` with zero rows appended along dim 0 up to `rows`."""
-    if tensor.shape[0] >= rows:
-        return tensor
-    return torch.cat([tensor, tensor.new_zeros(rows - tensor.shape[0], *tensor.shape[1:])])
-
-
-def _feed_masks(model, feeds: list[_Feed], inputs: list[torch.Tensor], positions: list) -> dict[str, list]:
-    """Per layer type, every feed's attention mask, built as the LM's own forward builds it for a batch of one (for
-    the LM's own attention implementation, whether or not a loop's forward has switched it meanwhile)."""
-    masks: dict[str, list] = {"full_attention": []}
-    if getattr(model, "has_sliding_layers", False):
-        masks["sliding_attention"] = []
-    config = _unswitched(model.config)
-    for feed, embeds, (attention_mask, position_ids) in zip(feeds, inputs, positions, strict=True):
-        kwargs = {
-            "config": config,
-            "inputs_embeds": embeds,
-            "attention_mask": attention_mask,
-            "cache": feed.state.cache,
-            "position_ids": position_ids,
-        }
-        masks["full_attention"].append(create_causal_mask(**kwargs))
-        if "sliding_attention" in masks:
-            masks["sliding_attention"].append(create_sliding_window_causal_mask(**kwargs))
-    return masks
-
-
-class _PackedCaches:
-    """The caches of the feeds packed into one forward, one `DynamicCache` each (of its own length). The forward's
-    new positions are the feeds' positions one after another (`spans`: `(start, end)` of each feed); `update`
-    appends each feed's keys/values to its own cache and returns per-feed lists, which [`_packed_attention`] reads."""
-
-    def __init__(self, caches: list, spans: list[tuple[int, int]]):
-        self.caches, self.spans = caches, spans
-
-    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, layer_idx: int, *args, **kwargs):
-        keys, values = [], []
-        for (start, end), cache in zip(self.spans, self.caches, strict=True):
-            key, value = cache.update(key_states[:, :, start:end], value_states[:, :, start:end], layer_idx)
-            keys.append(key)
-            values.append(value)
-        return keys, values
-
-
-# One lock per model (weakly keyed: no reference kept, nothing added to the model that `deepcopy` would trip on).
-_forward_locks: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-_forward_locks_guard = threading.Lock()
-
-
-def _forward_lock(model) -> threading.RLock:
-    """The lock that every engine of `model` holds around a forward (and while returning the fast path's pools to
-    the model): the attention switch of [`_attention_by_row`] and the pools are state of the model, not of an
-    engine, so two engines on one model must not run forwards at the same time."""
-    with _forward_locks_guard:
-        lock = _forward_locks.get(model)
-        if lock is None:
-            lock = _forward_locks[model] = threading.RLock()
-        return lock
-
-
-# Attention implementation of each LM config while its packed feeds run through `_packed_attention`.
-_PACKED_ATTENTION = "opens2s_packed"
-_packed_attention_inner: dict[int, str] = {}
-_switch_guard = threading.Lock()
-
-
-def _packed_attention(module, query: torch.Tensor, key, value, attention_mask, packed_spans=None, **kwargs):
-    """Attention of packed feeds, one feed at a time against its own cache with the LM's own attention function and
-    mask: the same call, on the same tensors, as a forward of that feed alone. Padding positions get zeros."""
-    inner = ALL_ATTENTION_FUNCTIONS.get_interface(_packed_attention_inner.get(id(module.config), "sdpa"), None)
-    if inner is None:
-        inner = eager_attention_forward
-    if packed_spans is None:  # a forward from outside the engine while it runs: nothing packed
-        return inner(module, query, key, value, attention_mask, **kwargs)
-    outputs = [
-        inner(module, query[:, :, start:end], key[index], value[index], attention_mask[index], **kwargs)[0]
-        for index, (start, end) in enumerate(packed_spans)
-    ]
-    padding = query.shape[2] - packed_spans[-1][1]
-    if padding:
-        outputs.append(outputs[0].new_zeros(1, padding, *outputs[0].shape[2:]))
-    return torch.cat(outputs, dim=1), None
-
-
-@contextmanager
-def _attention_packed(config):
-    """Route `config`'s attention through [`_packed_attention`] for one forward (restored afterwards). The function
-    is registered with transformers' attention functions on first use, not at import. Callers hold the model's
-    [`_forward_lock`]: a second switch at the same time would take this one for the LM's own implementation.
-
-    A forward of another thread meanwhile (a prompt's, beside the loop) goes through [`_packed_attention`] with
-    nothing packed, which calls the LM's own implementation: the entry of `_packed_attention_inner` exists whenever
-    the config names the packed function (both change together, under `_switch_guard`)."""
-    if _PACKED_ATTENTION not in ALL_ATTENTION_FUNCTIONS:
-        ALL_ATTENTION_FUNCTIONS.register(_PACKED_ATTENTION, _packed_attention)
-    with _switch_guard:
-        _packed_attention_inner[id(config)] = config._attn_implementation
-        config._attn_implementation_internal = _PACKED_ATTENTION
-    try:
-        yield
-    finally:
-        with _switch_guard:
-            config._attn_implementation_internal = _packed_attention_inner.pop(id(config))
-
-
-def _unswitched(config):
-    """A copy of `config` naming the LM's own attention implementation, as it is outside [`_attention_packed`]:
-    what masks are built for (transformers picks the mask format from it)."""
-    view = copy.copy(config)
-    with _switch_guard:
-        view._attn_implementation_internal = _packed_attention_inner.get(id(config), config._attn_implementation)
-    return view
-
-
-@torch.no_grad()
-def forward_packed(causal_lm, feeds: list[_Feed]) -> None:
-    """Run one forward of `causal_lm` for feeds of any number of new positions, each through its own cache; fills
-    every feed's `hidden` `(1, n, hidden)` and `logits` `(1, vocab)`.
-
-    It is the LM's own forward (`causal_lm.model`) on the feeds' new positions one after another in one sequence
-    (zero positions pad it to `MIN_GEMM_ROWS`), with the attention split per feed (see the module docstring); the
-    caller holds the model's [`_forward_lock`]. One feed of at least `MIN_GEMM_ROWS` positions (a prompt) needs
-    neither padding nor split: it runs on its own cache with the LM's own attention, the same arithmetic, and so
-    without the lock, beside the loop's forwards.
-    """
-    model = causal_lm.model
-    inputs = [feed.inputs_embeds.to(causal_lm.lm_head.weight.device) for feed in feeds]
-    spans, start = [], 0
-    for embeds in inputs:
-        spans.append((start, start + embeds.shape[1]))
-        start += embeds.shape[1]
-    positions = [feed.state.advance(embeds.shape[1]) for feed, embeds in zip(feeds, inputs, strict=True)]
-    masks = _feed_masks(model, feeds, inputs, positions)
-    packed = _pad_rows(torch.cat(inputs, dim=1)[0], MIN_GEMM_ROWS)[None]
-    position_ids = _pad_rows(torch.cat([position_ids for _, position_ids in positions], dim=1)[0], MIN_GEMM_ROWS)
-    kwargs = {"inputs_embeds": packed, "position_ids": position_ids[None], "use_cache": True}
-    if len(feeds) == 1 and spans[0][1] == packed.shape[1]:
-        masks = {layer_type: feed_masks[0] for layer_type, feed_masks in masks.items()}
-        hidden = model(attention_mask=masks, cache=feeds[0].state.cache, **kwargs).last_hidden_state
-    else:
-        caches = _PackedCaches([feed.state.cache for feed in feeds], spans)
-        with _attention_packed(model.config):
-            hidden = model(attention_mask=masks, cache=caches, packed_spans=spans, **kwargs).last_hidden_state
-    last = torch.stack([hidden[0, end - 1] for _, end in spans])
-    logits = causal_lm.lm_head(_pad_rows(last, MIN_GEMM_ROWS))
-    for index, (feed, (start, end)) in enumerate(zip(feeds, spans, strict=True)):
-        feed.hidden, feed.logits = hidden[:, start:end], logits[index : index + 1]
-
-
-def _forward_groups(feeds: list[_Feed], pack: bool = True) -> list[list[_Feed]]:
-    """Feeds that run as one forward: with `pack`, all the feeds of one LM (any numbers of positions, see
-    [`forward_packed`]); else the single-position feeds of one LM, and each multi-position feed alone."""
-    groups: dict[int, list[_Feed]] = {}
-    alone = []
-    for feed in feeds:
-        if pack or feed.inputs_embeds.shape[1] == 1:
-            groups.setdefault(id(feed.state.causal_lm), []).append(feed)
-        else:
-            alone.append([feed])
-    return list(groups.values()) + alone
-
-
-# ---------------------------------------------------------------------------------------------------------- fast path
-# Smallest key/value pool length; lengths grow by doubling, so most prompts share a compiled shape. Small, because
-# every compiled step attends over the whole pool: a 256-position floor made short answers 4-9% slower than eager
-# on CPU (measured, mid preset), 64 makes them as fast.
-_MIN_POOL_LENGTH = 64
-_RECOMPILE_LIMIT = 64
-
-
-class _SlotPool:
-    """Preallocated keys/values of one LM for every slot: per layer `(slots, kv_heads, length, head_dim)` in the
-    LM's dtype, and `valid` `(slots, length)`: which cached positions hold a real token (left padding never does).
-
-    A slot's positions past what its conversation has fed may hold stale values; they are never read, as every
-    forward writes its own positions before attending."""
-
-    def __init__(self, causal_lm, slots: int, length: int):
-        config = causal_lm.config
-        weight = causal_lm.lm_head.weight
-        head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
-        self.shape = (slots, config.num_key_value_heads, length, head_dim)
-        self.dtype, self.device = weight.dtype, weight.device
-        layers = config.num_hidden_layers
-        self.keys = [torch.zeros(self.shape, dtype=self.dtype, device=self.device) for _ in range(layers)]
-        self.values = [torch.zeros(self.shape, dtype=self.dtype, device=self.device) for _ in range(layers)]
-        self.valid = torch.zeros(slots, length, dtype=torch.bool, device=self.device)
-        self._mark_static()
-
-    def _mark_static(self) -> None:
-        if self.device.type == "cuda":  # fixed addresses: CUDA graphs replay on them
-            for tensor in (*self.keys, *self.values, self.valid):
-                torch._dynamo.mark_static_address(tensor)
-
-    @property
-    def length(self) -> int:
-        return self.shape[2]
-
-    def grow(self, length: int) -> None:
-        """Reallocate to `length` positions per slot, keeping what is cached."""
-        old = self.length
-        self.shape = (*self.shape[:2], length, self.shape[3])
-        for tensors in (self.keys, self.values):
-            for layer, tensor in enumerate(tensors):
-                tensors[layer] = torch.zeros(self.shape, dtype=self.dtype, device=self.device)
-                tensors[layer][:, :, :old] = tensor
-        valid = torch.zeros(self.shape[0], length, dtype=torch.bool, device=self.device)
-        valid[:, :old] = self.valid
-        self.valid = valid
-        self._mark_static()
-
-
-class _SlotWrite:
-    """The `cache=` of a multi-position forward of one slot: writes `n` positions from `start`, returns the slot's
-    whole pool `(1, kv_heads, length, head_dim)` (a view, no copy)."""
-
-    def __init__(self, pool: _SlotPool, slot: int, start: int):
-        self.pool, self.slot, self.start = pool, slot, start
-
-    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, layer_idx: int, *args, **kwargs):
-        keys, values = self.pool.keys[layer_idx], self.pool.values[layer_idx]
-        end = self.start + key_states.shape[2]
-        keys[self.slot : self.slot + 1, :, self.start : end] = key_states
-        values[self.slot : self.slot + 1, :, self.start : end] = value_states
-        return keys[self.slot : self.slot + 1], values[self.slot : self.slot + 1]
-
-
-class _EverySlotWrite:
-    """The `cache=` of a single-position step over every slot (row `i` is slot `i`): writes each row's position
-    `index[i]`, returns the whole pool `(slots, kv_heads, length, head_dim)`."""
-
-    def __init__(self, keys: list, values: list, index: torch.Tensor):
-        self.keys, self.values, self.index = keys, values, index
-        self.rows = torch.arange(index.shape[0], device=index.device)
-
-    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, layer_idx: int, *args, **kwargs):
-        keys, values = self.keys[layer_idx], self.values[layer_idx]
-        keys[self.rows, :, self.index] = key_states[:, :, 0]
-        values[self.rows, :, self.index] = value_states[:, :, 0]
-        return keys, values
-
-
-def _pool_mask(valid: torch.Tensor, query_index: torch.Tensor) -> torch.Tensor:
-    """Boolean attention mask `(rows, 1, n, length)` of queries at cache positions `query_index` `(rows, n)`: cached
-    real tokens up to the query's position, and the query's own position (so a left-padding query stays finite)."""
-    span = torch.arange(valid.shape[-1], device=valid.device)
-    allowed = valid[:, None, :] & (span <= query_index[..., None])
-    return (allowed | (span == query_index[..., None]))[:, None]
-
-
-def _step_every_slot(causal_lm, keys: list, values: list, valid, embeds, index, position_ids):
-    """One position for every slot: `embeds` `(slots, 1, hidden)` at cache positions `index` `(slots,)` and rotary
-    positions `position_ids` `(slots, 1)`; returns hidden states `(slots, 1, hidden)` and logits `(slots, vocab)`.
-    The function compiled by the fast path (fixed shapes)."""
-    valid[torch.arange(index.shape[0], device=index.device), index] = True
-    mask = _pool_mask(valid, index[:, None])
-    hidden = causal_lm.model(
-        inputs_embeds=embeds,
-        attention_mask={"full_attention": mask},
-        position_ids=position_ids,
-        cache=_EverySlotWrite(keys, values, index),
-        use_cache=True,
-    ).last_hidden_state
-    return hidden, causal_lm.lm_head(hidden[:, -1])
-
-
-class _FastPath:
-    """Static caches and compiled single-position steps of one engine (`compile=True`).
-
-    Every LM has one [`_SlotPool`]; an admitted conversation takes a slot (the same index in both pools) and frees it
-    when it leaves. Pools of an engine with no conversation go back to the model (`_opens2s_slot_pools` on each LM),
-    so the next `model.stream` call reuses them: same shapes and addresses, so no recompilation and, on CUDA, the
-    recorded graphs replay.
-
-    Args:
-        model: the OpenS2S model.
-        slots (`int`): conversations decoded together at most; at least `MIN_GEMM_ROWS` rows run per step.
-    """
-
-    _compiled: dict[str, object] = {}  # compile mode -> compiled `_step_every_slot`, shared by every engine
-    _shapes_seen: set = set()  # (LM id, slots, length) whose first compiled call has run
-
-    def __init__(self, model, slots: int):
-        lms = (model.language_model, model.speech_decoder)
-        for causal_lm in lms:
-            if getattr(causal_lm.model, "has_sliding_layers", False):
-                raise ValueError("compile=True supports full-attention LMs only (this one has sliding-window layers)")
-        self.slots = max(slots, MIN_GEMM_ROWS)
-        self.pools: dict[int, _SlotPool] = {}
-        self.free = list(range(self.slots))
-        self.slot_of: dict[int, int] = {}  # conversation id -> slot
-        self.occupants: dict[int, tuple] = {}  # slot -> the conversation's (text, speech) `_LMState`s
-        self.owners: dict[int, object] = {}  # id(LM) -> LM, of the pools held
-        mode = "reduce-overhead" if model.device.type == "cuda" else "default"
-        # One compiled graph per (LM, slots, pool length): more than dynamo's default of 8 once a process holds a
-        # few models (tests, A/B runs). Raised on opt-in only, never lowered.
-        dynamo_config = torch._dynamo.config
-        dynamo_config.recompile_limit = max(dynamo_config.recompile_limit, _RECOMPILE_LIMIT)
-        if mode not in self._compiled:
-            self._compiled[mode] = torch.compile(_step_every_slot, mode=mode, dynamic=False)
-        self.step_function = self._compiled[mode]
-        self.cuda = model.device.type == "cuda"
-
-    def admit(self, conversation: "Conversation") -> None:
-        slot = self.free.pop(0)
-        self.slot_of[conversation.id] = slot
-        states = (conversation.interleaver.text, conversation.interleaver.speech)
-        self.occupants[slot] = states
-        for state in states:
-            state.slot, state.cache = slot, None  # this conversation's keys/values live in the pools
-            if id(state.causal_lm) in self.pools:
-                self.pools[id(state.causal_lm)].valid[slot] = False
-
-    def leave(self, conversation: "Conversation") -> None:
-        slot = self.slot_of.pop(conversation.id, None)
-        if slot is not None:
-            self.free.append(slot)
-            del self.occupants[slot]
-        if not self.slot_of:  # idle: the pools go back to the model for the next engine
-            for key, pool in self.pools.items():
-                self.owners.pop(key).__dict__.setdefault("_opens2s_slot_pools", []).append(pool)
-            self.pools.clear()
-
-    def _pool(self, state, needed: int) -> _SlotPool:
-        """This LM's pool, taken back from the model or made, grown to hold `needed` positions of `state`'s slot."""
-        key = id(state.causal_lm)
-        pool = self.pools.get(key)
-        if pool is None:
-            spare = state.causal_lm.__dict__.setdefault("_opens2s_slot_pools", [])
-            fits = [pool for pool in spare if pool.shape[0] == self.slots]
-            pool = fits[0] if fits else _SlotPool(state.causal_lm, self.slots, _MIN_POOL_LENGTH)
-            if fits:
-                spare.remove(pool)
-            pool.valid.zero_()
-            self.pools[key], self.owners[key] = pool, state.causal_lm
-        if needed > pool.length:
-            length = max(pool.length, _MIN_POOL_LENGTH)
-            while length < needed:
-                length *= 2
-            logger.info("fast path: key/value pool grows to %d positions (one recompilation)", length)
-            pool.grow(length)
-        return pool
-
-    def prefill(self, feed: _Feed) -> None:
-        """A multi-position forward of one conversation, uncompiled, against its slot of the pool."""
-        state, causal_lm = feed.state, feed.state.causal_lm
-        embeds = feed.inputs_embeds.to(causal_lm.lm_head.weight.device)
-        length, start = embeds.shape[1], state.written
-        if start == 0:  # first forward of this LM: room for everything the budgets allow, + 1 idle write
-            state.capacity = length + state.reserve + 1
-        pool = self._pool(state, state.capacity)
-        attention_mask, position_ids = state.advance(length)
-        new_valid = attention_mask[:, -length:].bool() if attention_mask is not None else True
-        pool.valid[state.slot, start : start + length] = new_valid
-        query_index = torch.arange(start, start + length, device=pool.device)[None]
-        hidden = causal_lm.model(
-            inputs_embeds=embeds,
-            attention_mask={"full_attention": _pool_mask(pool.valid[state.slot : state.slot + 1], query_index)},
-            position_ids=position_ids,
-            cache=_SlotWrite(pool, state.slot, start),
-            use_cache=True,
-        ).last_hidden_state
-        feed.hidden, feed.logits = hidden, causal_lm.lm_head(_pad_rows(hidden[:, -1], MIN_GEMM_ROWS))[:1]
-
-    def decode(self, causal_lm, feeds: list[_Feed]) -> bool:
-        """One compiled single-position step of `causal_lm` over every slot, for `feeds` (other slots idle); returns
-        whether this call compiled (the first for its shapes)."""
-        first = feeds[0].state
-        pool = self._pool(first, max(feed.state.capacity for feed in feeds))
-        hidden_size = causal_lm.config.hidden_size
-        embeds = torch.zeros(self.slots, 1, hidden_size, dtype=pool.dtype, device=pool.device)
-        index = torch.zeros(self.slots, dtype=torch.long, device=pool.device)
-        position_ids = torch.zeros(self.slots, 1, dtype=torch.long, device=pool.device)
-        # An idle slot writes (and attends to) its next free position only, which its next forward overwrites.
-        for slot, states in self.occupants.items():
-            index[slot] = next(state.written for state in states if state.causal_lm is causal_lm)
-        for feed in feeds:
-            embeds[feed.state.slot] = feed.inputs_embeds[0].to(pool.device, pool.dtype)
-            position_ids[feed.state.slot] = feed.state.advance(1)[1][0]
-        key = (id(causal_lm), self.slots, pool.length)
-        compiling = key not in self._shapes_seen
-        if self.cuda:
-            torch.compiler.cudagraph_mark_step_begin()
-        hidden, logits = self.step_function(causal_lm, pool.keys, pool.values, pool.valid, embeds, index, position_ids)
-        self._shapes_seen.add(key)
-        for feed in feeds:  # copies: CUDA graph outputs are overwritten by the next replay
-            feed.hidden = hidden[feed.state.slot : feed.state.slot + 1].clone()
-            feed.logits = logits[feed.state.slot : feed.state.slot + 1].clone()
-        return compiling
-
-
-# ---------------------------------------------------------------------------------------------------------- side work
-class _SideJob:
-    """One piece of side work: `function` (its result or exception go to `future`), of `kind` (`"audio_encoder"`,
-    `"text_prefill"`, `"token2wav"`) and `items` (prompts, positions, chunks: its cost is about `items` times the
-    kind's cost per item), queued by `owner` (an engine). `beside` tells whether the side worker ran it (else an idle
-    loop did, see [`_SideWorker.take`])."""
-
-    def __init__(self, function: Callable[[], object], kind: str, items: int, owner: object):
-        self.function, self.kind, self.items, self.owner = function, kind, items, owner
-        self.future: Future = Future()
-        self.beside = False
-        self.seconds = 0.0  # how long `function` ran
-
-    def run(self, beside: bool, record: Callable[["_SideJob"], None] | None = None) -> None:
-        """Run the function here (once: the caller took the job out of the queue), then `record(job)` (the worker's
-        bookkeeping, done before the owner can see the outcome), then hand the outcome to `future`."""
-        self.beside = beside
-        self.future.set_running_or_notify_cancel()
-        begin = time.perf_counter()
-        result, error = None, None
-        try:
-            result = self.function()
-        except Exception as caught:  # noqa: BLE001 - the owner's take-back hands it on
-            error = caught
-        self.seconds = time.perf_counter() - begin
-        if record is not None:
-            record(self)
-        if error is not None:
-            self.future.set_exception(error)
-        else:
-            self.future.set_result(result)
-
-
-class _SideWorker:
-    """One thread beside the engine loops of the process, for compute-bound work of single conversations: prompt
-    encoding, the LLM's forward over a prompt and token2wav chunks. The loop's LM steps are bound by memory bandwidth
-    on CPU (a second intra-op thread barely speeds them up), that work by arithmetic, so a core that torch's intra-op
-    pool leaves free does it while the loop decodes. Its thread sets its own intra-op thread count
-    (thread-local in torch).
-
-    Jobs wait in a queue, a newcomer's work first: its prompt's forward (its encoding is done already), then
-    encodings (token2wav work holds up only audio). An engine queues a job only when the wait it can expect (the
-    running job's rest and the jobs ahead, from the seconds per item measured on this worker) is no longer than the
-    job would take: running it in its loop instead would stall every conversation of the loop for that long, waiting
-    stalls only this one. A loop with nothing to decode runs its own queued jobs itself ([`take`])."""
-
-    _by_threads: dict[int, "_SideWorker"] = {}
-    _guard = threading.Lock()
-    _PRIORITY = {"text_prefill": 0, "audio_encoder": 1, "token2wav": 2}
-
-    def __init__(self, threads: int):
-        self.threads = threads
-        self.lock = threading.Condition()
-        self.queue: list[_SideJob] = []  # waiting, in the order they run
-        self.running: _SideJob | None = None
-        self.running_since = 0.0
-        self.seconds_per_item: dict[str, float] = {}  # measured on this worker (the last job of each kind)
-        threading.Thread(target=self._work, name="opens2s-side", daemon=True).start()
-
-    @classmethod
-    def shared(cls, threads: int) -> "_SideWorker":
-        """The process's side worker with `threads` intra-op threads (made on first use)."""
-        with cls._guard:
-            worker = cls._by_threads.get(threads)
-            if worker is None:
-                worker = cls._by_threads[threads] = cls(threads)
-            return worker
-
-    def _cost(self, kind: str, items: int) -> float | None:
-        """Expected seconds of a job of `kind` and `items` (`None`: that kind was never measured)."""
-        per_item = self.seconds_per_item.get(kind)
-        return None if per_item is None else per_item * items
-
-    def _expected_wait(self) -> float | None:
-        """Seconds until a job queued now would start (`None`: unknown, a job ahead is of a kind never measured)."""
-        wait = 0.0
-        if self.running is not None:
-            cost = self._cost(self.running.kind, self.running.items)
-            if cost is None:
-                return None
-            # A job that runs late is expected to run as late again (one stuck compiling repels new work).
-            elapsed = time.perf_counter() - self.running_since
-            wait += abs(cost - elapsed)
-        for job in self.queue:
-            cost = self._cost(job.kind, job.items)
-            if cost is None:
-                return None
-            wait += cost
-        return wait
-
-    def accepts(self, kind: str, items: int) -> bool:
-        """Whether a job of `kind` and `items` would queue now: the wait it can expect is no longer than its own
-        cost, or the worker is idle (the only case for a kind not measured yet)."""
-        with self.lock:
-            if self.running is None and not self.queue:
-                return True
-            wait, cost = self._expected_wait(), self._cost(kind, items)
-            return wait is not None and cost is not None and wait <= cost
-
-    def put(self, function: Callable[[], object], kind: str, items: int, owner: object) -> _SideJob:
-        """Queue `function` (see [`accepts`]) behind the jobs of its priority and before those of lower ones."""
-        job = _SideJob(function, kind, items, owner)
-        with self.lock:
-            position = len(self.queue)
-            while position and self._PRIORITY[self.queue[position - 1].kind] > self._PRIORITY[kind]:
-                position -= 1
-            self.queue.insert(position, job)
-            self.lock.notify()
-        return job
-
-    def offer(self, function: Callable[[], object], kind: str, items: int, owner: object) -> _SideJob | None:
-        """Queue `function` when the worker [`accepts`] it; `None`: not queued, the caller runs it."""
-        with self.lock:
-            return self.put(function, kind, items, owner) if self.accepts(kind, items) else None
-
-    def take(self, owner: object) -> _SideJob | None:
-        """The first queued job of `owner`, taken out of the queue for the caller to run (an idle loop)."""
-        with self.lock:
-            for job in self.queue:
-                if job.owner is owner:
-                    self.queue.remove(job)
-                    return job
-        return None
-
-    def withdraw(self, job: _SideJob) -> bool:
-        """Take `job` out of the queue (its conversation was cancelled); False when it has started already."""
-        with self.lock:
-            if job in self.queue:
-                self.queue.remove(job)
-                return True
-        return False
-
-    def _work(self) -> None:
-        torch.set_num_threads(self.threads)
-        while True:
-            with self.lock:
-                while not self.queue:
-                    self.lock.wait()
-                job = self.running = self.queue.pop(0)
-                self.running_since = time.perf_counter()
-            job.run(beside=True, record=self.measured)
-
-    def measured(self, job: _SideJob) -> None:
-        """Count a job that has run (here, or in a loop with as many threads) in the seconds per item of its kind;
-        called before its owner sees the outcome, as the owner's next offer reads them."""
-        with self.lock:
-            if job.beside:
-                self.running = None
-            if job.beside or torch.get_num_threads() == self.threads:
-                self.seconds_per_item[job.kind] = job.seconds / job.items
-
-
-def side_threads_of(model, requested: int | None = None) -> int:
-    """Intra-op threads of the side worker for `model` (0: none, the engine loop does everything). Unless
-    `requested`: on CPU, the cores that torch's intra-op pool leaves free (at most as many as it uses); on CUDA none
-    (a side stream would serve there; not measured yet)."""
-    if requested is not None:
-        if requested < 0:
-            raise ValueError(f"side_threads must be >= 0, got {requested}")
-        return requested
-    if model.device.type != "cpu":
-        return 0
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    return max(0, min(cores - torch.get_num_threads(), torch.get_num_threads()))
 
 
 # ---------------------------------------------------------------------------------------------------------- batches
@@ -729,9 +137,9 @@ class Conversation:
         # Side work beside the loop (see `OpenS2SEngine._side`): a request the schedule waits for (`job`), its last
         # token2wav chunk waiting to render with the others' (`parked`), and a chunk it is rendering (`rendering`:
         # the schedule goes on meanwhile, no other token2wav work of its stream may start).
-        self.job: _SideJob | None = None
+        self.job: SideJob | None = None
         self.parked: _SideWork | None = None
-        self.rendering: _SideJob | None = None
+        self.rendering: SideJob | None = None
         self.done = False  # generation is over (finished, cancelled or failed); events may still be queued
         self.events_put = 0  # events its schedule has queued (see `OpenS2SEngine.step`)
         self.drained = False
@@ -837,7 +245,7 @@ class OpenS2SEngine:
             later steps, conversations and engines of the same model reuse it. Greedy ids equal the eager path's.
             Also the default of every conversation's `token2wav_compile` (block streaming's compiled estimator).
         side_threads (`int`, *optional*): intra-op threads of the side worker that encodes prompts and renders
-            token2wav chunks beside the loop ([`_SideWorker`]); `0`: none, the loop does that work itself. Defaults
+            token2wav chunks beside the loop ([`SideWorker`]); `0`: none, the loop does that work itself. Defaults
             to the CPU cores torch's intra-op pool leaves free (at most as many as it uses), none on CUDA.
 
     Example:
@@ -865,11 +273,11 @@ class OpenS2SEngine:
         if max_active < 1 or max_queued < 0:
             raise ValueError(f"need max_active >= 1 and max_queued >= 0, got {max_active} and {max_queued}")
         threads = side_threads_of(model, side_threads)
-        self.side = _SideWorker.shared(threads) if threads else None
-        self.side_jobs: list[tuple[_SideJob, Callable[[_SideJob], None]]] = []  # in flight, and how to take each back
-        self.fast = _FastPath(model, max_active) if compile else None
+        self.side = SideWorker.shared(threads) if threads else None
+        self.side_jobs: list[tuple[SideJob, Callable[[SideJob], None]]] = []  # in flight, and how to take each back
+        self.fast = FastPath(model, max_active) if compile else None
         self.model = model
-        self.forward_lock = _forward_lock(model)
+        self.forward_lock = forward_lock(model)
         self.processor = processor
         self.max_active, self.max_queued = max_active, max_queued
         self.active: list[Conversation] = []
@@ -940,7 +348,7 @@ class OpenS2SEngine:
                 conversation = self.queued.popleft()
                 self.active.append(conversation)
                 if self.fast is not None:
-                    self.fast.admit(conversation)
+                    self.fast.admit(conversation.id, (conversation.interleaver.text, conversation.interleaver.speech))
             self._take_back_side_jobs()
             feeds, progressed = self._advance_all()
             # Every conversation waits for side work: work on it, unless some caller has new events to read first.
@@ -949,7 +357,7 @@ class OpenS2SEngine:
                 feeds, _ = self._advance_all()
             owners = {id(conversation.request): conversation for conversation in self.active if conversation.request}
             feeds = self._prompts_beside(feeds, owners)
-            groups = _forward_groups(self._choose(feeds, owners), pack=self.fast is None)
+            groups = forward_groups(self._choose(feeds, owners), pack=self.fast is None)
             for conversation in owners.values():
                 conversation.waited += 1
             self._run(groups, owners)
@@ -983,7 +391,7 @@ class OpenS2SEngine:
             conversation.parked = request
             return True
 
-        def take_back(job: _SideJob) -> None:
+        def take_back(job: SideJob) -> None:
             conversation.job = None
             self._count_seconds(request.stage, request.seconds, job.beside)
             if job.future.exception() is not None:
@@ -1024,7 +432,7 @@ class OpenS2SEngine:
             self.side_jobs.append((job, partial(self._prompt_taken_back, conversation, feed)))
         return kept
 
-    def _prompt_taken_back(self, conversation: Conversation, feed: _Feed, job: _SideJob) -> None:
+    def _prompt_taken_back(self, conversation: Conversation, feed: _Feed, job: SideJob) -> None:
         """A prompt's forward beside the loop has ended: count it; the conversation resumes with its results."""
         conversation.job = None
         self.work["forwards"] += 1
@@ -1202,7 +610,7 @@ class OpenS2SEngine:
         compiling = key.estimator is not None and key not in _compiled_chunk_shapes
         render = partial(render_chunks, [member.interleaver.audio_stream for member in members])
 
-        def take_back(job: _SideJob) -> None:
+        def take_back(job: SideJob) -> None:
             for member in members:
                 member.rendering = None
             if job.future.exception() is not None:
@@ -1232,7 +640,7 @@ class OpenS2SEngine:
         requests = [member.parked for member in members]
         render = partial(finish_streams, [request.audio_stream for request in requests])
 
-        def take_back(job: _SideJob) -> None:
+        def take_back(job: SideJob) -> None:
             for member in members:
                 member.job = member.parked = None
             if job.future.exception() is not None:
@@ -1248,14 +656,14 @@ class OpenS2SEngine:
             member.job = job  # None: it has run already
 
     def _dispatch(
-        self, function: Callable[[], object], take_back: Callable[[_SideJob], None], chunks: int
-    ) -> _SideJob | None:
+        self, function: Callable[[], object], take_back: Callable[[SideJob], None], chunks: int
+    ) -> SideJob | None:
         """Render `chunks` token2wav chunks (`function`) beside the loop when the side worker takes the job (returns
         it; `take_back(job)` runs in the loop once it has ended), else now (`take_back(job)` at once; returns
         `None`)."""
         job = self.side.offer(function, "token2wav", chunks, self) if self.side is not None else None
         if job is None:
-            job = _SideJob(function, "token2wav", chunks, self)
+            job = SideJob(function, "token2wav", chunks, self)
             job.run(beside=False)
             take_back(job)
             return None
@@ -1267,7 +675,7 @@ class OpenS2SEngine:
         self.active.remove(conversation)
         if self.fast is not None:
             with self.forward_lock:
-                self.fast.leave(conversation)
+                self.fast.leave(conversation.id)
 
     def _cancel(self, conversation: Conversation) -> None:
         with self.lock:

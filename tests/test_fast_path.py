@@ -13,7 +13,7 @@ from test_engine import ids_of, prompts, run_plan, solo, tiny  # noqa: F401 - fi
 from test_streaming import converted, run_stream, scenario_configs, scenario_params  # noqa: F401 - fixture
 
 from fixture_sets import load_manifest
-from opens2s.modeling_opens2s import engine_opens2s
+from opens2s.modeling_opens2s import fast_path_opens2s
 
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -24,9 +24,9 @@ BUDGETS = {"max_new_tokens": 24, "speech_max_new_tokens": 64, "token2wav": False
 @pytest.fixture
 def traced_only(monkeypatch):
     """Fast-path steps traced by dynamo but run eagerly (no inductor): the static-cache arithmetic in seconds."""
-    compiled = {mode: torch.compile(engine_opens2s._step_every_slot, backend="eager") for mode in ("default",)}
-    monkeypatch.setattr(engine_opens2s._FastPath, "_compiled", compiled)
-    monkeypatch.setattr(engine_opens2s._FastPath, "_shapes_seen", set())
+    compiled = {mode: torch.compile(fast_path_opens2s._step_every_slot, backend="eager") for mode in ("default",)}
+    monkeypatch.setattr(fast_path_opens2s.FastPath, "_compiled", compiled)
+    monkeypatch.setattr(fast_path_opens2s.FastPath, "_shapes_seen", set())
 
 
 def compile_stages(result: dict) -> float:
