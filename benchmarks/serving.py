@@ -8,7 +8,9 @@ Run from the repository root (nothing is downloaded; random weights):
     python -m benchmarks.serving --size full --device cuda --conversations 1 8 32            # a GPU, bf16
 
 Options: `--text-tokens 32 --units 80` (each conversation writes exactly these: greedy, EOS suppressed),
-`--stagger 3` (conversation i arrives at engine step 3 i), `--threads N` (torch CPU threads; printed), `--seed`,
+`--stagger 3` (conversation i arrives at engine step 3 i), `--arrival-gap S` (instead: conversation i arrives S i
+seconds after the first, by the clock, as traffic does; the engine idles when it has nothing to do before the next
+arrival), `--threads N` (torch CPU threads; printed), `--seed`,
 `--no-audio` (units only: what batching the two LMs gives, without the per-conversation token2wav), `--repeat K` (K
 runs of each measurement, engine and one-after-another alternating, the solo reference too: the rows show the median
 run, and each run's ratios are printed; on a shared CPU one run varies by ~8%).
@@ -95,8 +97,9 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def run_engine(model, prompts: list[dict], kwargs: dict, stagger: int) -> dict:
-    """All conversations through one engine, conversation i submitted at step `stagger * i`."""
+def run_engine(model, prompts: list[dict], kwargs: dict, stagger: int, arrival_gap: float | None = None) -> dict:
+    """All conversations through one engine, conversation i submitted at step `stagger * i`, or with `arrival_gap`
+    at `arrival_gap * i` seconds after the first."""
     engine = OpenS2SEngine(model, max_active=len(prompts), max_queued=0)
     device = model.device
     if device.type == "cuda":
@@ -105,9 +108,17 @@ def run_engine(model, prompts: list[dict], kwargs: dict, stagger: int) -> dict:
     conversations, peak_cache, step = [], 0, 0
     start = time.perf_counter()
     while len(conversations) < len(prompts) or engine.stats()["active"] or engine.stats()["queued"]:
-        if len(conversations) < len(prompts) and step == stagger * len(conversations):
-            conversations.append(engine.submit(prompts[len(conversations)], **kwargs))
-            continue
+        if len(conversations) < len(prompts):
+            if arrival_gap is None:
+                due = step == stagger * len(conversations)
+            else:
+                wait = start + arrival_gap * len(conversations) - time.perf_counter()
+                if wait > 0 and not (engine.stats()["active"] or engine.stats()["queued"]):
+                    time.sleep(wait)  # nothing to do until the next arrival
+                due = time.perf_counter() >= start + arrival_gap * len(conversations)
+            if due:
+                conversations.append(engine.submit(prompts[len(conversations)], **kwargs))
+                continue
         engine.step()
         peak_cache = max(peak_cache, _cache_bytes(engine))
         step += 1
@@ -165,6 +176,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--text-tokens", type=int, default=32)
     parser.add_argument("--units", type=int, default=80)
     parser.add_argument("--stagger", type=int, default=3, help="engine steps between two arrivals")
+    parser.add_argument(
+        "--arrival-gap", type=float, default=None, help="seconds between two arrivals (instead of --stagger)"
+    )
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-audio", action="store_true", help="units only (no token2wav): the LMs' batching alone")
@@ -172,6 +186,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.repeat < 1:
         parser.error(f"--repeat must be >= 1, got {args.repeat}")
+    if args.arrival_gap is not None and args.arrival_gap < 0:
+        parser.error(f"--arrival-gap must be >= 0 seconds, got {args.arrival_gap}")
     return args
 
 
@@ -204,10 +220,11 @@ def main(argv: list[str] | None = None) -> None:
     if args.no_audio:
         kwargs["token2wav"] = False
     text, decoder = model.config.text_config, model.config.speech_decoder_config
+    arrivals = f"{args.stagger} steps" if args.arrival_gap is None else f"{args.arrival_gap:g} s"
     print(
         f"size {size} on {args.device} ({dtype}), {torch.get_num_threads()} threads: LLM {text.hidden_size} x "
         f"{text.num_hidden_layers}, decoder {decoder.hidden_size} x {decoder.num_hidden_layers}; "
-        f"{args.text_tokens} text tokens and {args.units} units per conversation, arrivals every {args.stagger} steps"
+        f"{args.text_tokens} text tokens and {args.units} units per conversation, arrivals every {arrivals}"
     )
     prompts_all = [build_inputs(model, seed=args.seed + index) for index in range(max(counts))]
     list(model.stream(**prompts_all[0], **kwargs))  # warm-up
@@ -220,7 +237,7 @@ def main(argv: list[str] | None = None) -> None:
         prompts = prompts_all[:count]
         engines, sequentials = [], []
         for run in range(args.repeat):
-            engines.append(run_engine(model, prompts, kwargs, args.stagger))
+            engines.append(run_engine(model, prompts, kwargs, args.stagger, args.arrival_gap))
             sequentials.append(solos[run] if count == 1 else run_sequential(model, prompts, kwargs))
         engine, sequential = _median_run(engines, "units_per_s"), _median_run(sequentials, "units_per_s")
         print(_row(count, engine))
