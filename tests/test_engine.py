@@ -12,6 +12,7 @@ side worker (`side_threads=0`): with it, when a prompt's encoding or a chunk end
 import gc
 import sys
 import threading
+import time
 import weakref
 
 import numpy as np
@@ -20,6 +21,7 @@ import torch
 
 from opens2s import EXAMPLE_WAV
 from opens2s.modeling_opens2s.audio_opens2s import load_audio
+from opens2s.modeling_opens2s.side_worker_opens2s import SideJob, SideWorker
 from opens2s.processing.chat import conversation_inputs, load_speech_model
 
 
@@ -305,10 +307,28 @@ def test_ready_token2wav_chunks_of_several_conversations_render_as_one_batch(tin
     assert not np.allclose(np.concatenate(together[1]["audio"]), np.concatenate(together[2]["audio"]), atol=1e-3)
 
 
+def test_a_newcomers_work_queues_only_for_a_short_wait_and_token2wav_work_for_as_long_as_it_lasts():
+    """The side worker's queueing rule, on a worker busy with an encoding measured at 100 s: a newcomer's encoding or
+    prompt forward queues when that wait is at most a quarter of its own expected time (an encoding of 2 prompts,
+    200 s, runs in its loop instead: the wait would add 100 s to its first unit), a token2wav job when the wait is no
+    longer than the job; an idle worker takes any job."""
+    worker = SideWorker(threads=1)
+    worker.seconds_per_item.update({"audio_encoder": 100.0, "text_prefill": 1.0, "token2wav": 50.0})
+    with worker.lock:  # as the worker's thread sets a job it has just started
+        worker.running = SideJob(lambda: None, "audio_encoder", 1, owner=None)
+        worker.running_since = time.perf_counter()
+    assert not worker.accepts("audio_encoder", 2) and worker.accepts("audio_encoder", 5)
+    assert not worker.accepts("text_prefill", 200) and worker.accepts("text_prefill", 500)
+    assert not worker.accepts("token2wav", 1) and worker.accepts("token2wav", 2)
+    with worker.lock:
+        worker.running = None
+    assert worker.accepts("audio_encoder", 2)
+
+
 def test_a_prompt_encoded_beside_the_loop_does_not_stall_the_others(tiny, prompts, monkeypatch):
     """With a side worker, a newcomer's prompt is encoded on the worker's thread while the loop goes on decoding the
     others. A prompt that arrives while the worker is busy waits in its queue when the wait it can expect (from the
-    seconds the worker measured) is no longer than its own encoding, else it is encoded in the loop; a conversation
+    seconds the worker measured) is short against its own encoding, else it is encoded in the loop; a conversation
     cancelled while its prompt waits leaves the queue and ends at once; a loop with nothing else to do encodes its
     own queued prompt itself. Ids stay those alone."""
     model, processor = tiny
@@ -345,8 +365,10 @@ def test_a_prompt_encoded_beside_the_loop_does_not_stall_the_others(tiny, prompt
     assert first.events.qsize() > before and third.events.qsize() > 0 and blocked.events.qsize() == 0
     assert not encoded_on(2).startswith("opens2s-side")
 
-    # Encodings measured as long as the wait: a newcomer queues behind the running one, and leaves when cancelled.
+    # Encodings measured as long as the wait, and a patience of a whole job (token2wav's): a newcomer queues behind
+    # the running one, and leaves when cancelled.
     monkeypatch.setitem(engine.side.seconds_per_item, "audio_encoder", 1e6)
+    monkeypatch.setitem(engine.side._PATIENCE, "audio_encoder", 1.0)
     cancelled = engine.submit(prompts[3], **kwargs)
     engine.step()
     assert [job.owner for job in engine.side.queue] == [engine] and cancelled.job in engine.side.queue
