@@ -112,10 +112,11 @@ def run_engine(model, prompts: list[dict], kwargs: dict, stagger: int, arrival_g
             if arrival_gap is None:
                 due = step == stagger * len(conversations)
             else:
-                wait = start + arrival_gap * len(conversations) - time.perf_counter()
-                if wait > 0 and not (engine.stats()["active"] or engine.stats()["queued"]):
-                    time.sleep(wait)  # nothing to do until the next arrival
-                due = time.perf_counter() >= start + arrival_gap * len(conversations)
+                arrival = start + arrival_gap * len(conversations)
+                stats = engine.stats()
+                if not (stats["active"] or stats["queued"]):
+                    time.sleep(max(0.0, arrival - time.perf_counter()))  # nothing to do until the next arrival
+                due = time.perf_counter() >= arrival
             if due:
                 conversations.append(engine.submit(prompts[len(conversations)], **kwargs))
                 continue

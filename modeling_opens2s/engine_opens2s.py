@@ -407,13 +407,13 @@ class OpenS2SEngine:
         return True
 
     def _prompts_beside(self, feeds: list[_Feed], owners: dict) -> list[_Feed]:
-        """Hand the prompt forwards among `feeds` to the side worker when it [accepts] them and other feeds run this
-        step; returns the feeds left for the loop. Like its encoding, a prompt's
-        forward is one conversation's many positions, bound by arithmetic (at the mid preset it costs ~2 LLM steps of
-        eight rows): beside the loop, the others go on decoding meanwhile. Alone it stays in the loop, with the
-        loop's threads. Only when the worker has as many intra-op threads as the loop, so the forward's arithmetic
-        (and so every id) is the same on either thread; and on the eager path only: the fast path's prompt forwards
-        write the pools every compiled step reads."""
+        """Hand the prompt forwards among `feeds` to the side worker when it takes them and other feeds run this
+        step; returns the feeds left for the loop. Like its encoding, a prompt's forward is one conversation's many
+        positions, bound by arithmetic (at the mid preset it costs ~2 LLM steps of eight rows): beside the loop, the
+        others go on decoding meanwhile. Alone it stays in the loop, with the loop's threads. Only when the worker has
+        as many intra-op threads as the loop, so the forward's arithmetic (and so every id) is the same on either
+        thread; and on the eager path only: the fast path's prompt forwards write the pools every compiled step
+        reads."""
         if self.side is None or self.fast is not None or len(feeds) < 2:
             return feeds
         if self.side.threads != torch.get_num_threads():
@@ -422,12 +422,13 @@ class OpenS2SEngine:
         for feed in feeds:
             positions = feed.inputs_embeds.shape[1]
             prompt = feed.stage == "text_prefill" and positions >= MIN_GEMM_ROWS
-            if not prompt or not self.side.accepts(feed.stage, positions):
+            forward = partial(forward_packed, feed.state.causal_lm, [feed])
+            job = self.side.offer(forward, feed.stage, positions, self) if prompt else None
+            if job is None:
                 kept.append(feed)
                 continue
             conversation = owners[id(feed)]
             conversation.request = None
-            job = self.side.put(partial(forward_packed, feed.state.causal_lm, [feed]), feed.stage, positions, self)
             conversation.job = job
             self.side_jobs.append((job, partial(self._prompt_taken_back, conversation, feed)))
         return kept
