@@ -23,8 +23,9 @@ Printed, per number of conversations N, for `engine` (all N submitted at stagger
 answer), first unit and first audio latency p50 / p95 (seconds from a conversation's arrival; for `sequential` from
 its own start, i.e. a solo run), and the engine's peak key/value cache memory per conversation (MB; on CUDA the peak
 allocated memory per added conversation), and where the engine's time went (LM forwards, token2wav batches, the audio
-encoder, which runs once per prompt, and the rest). Goal on CPU: N=8 engine >= 4x the sequential units/s, first-unit
-p95 <= 2x solo.
+encoder, which runs once per prompt, and the rest), and whether every conversation wrote in the engine exactly the
+text and decoder ids of its run alone (the engine's guarantee; the run exits non-zero, after the figures, when one
+did not). Goal on CPU: N=8 engine >= 4x the sequential units/s, first-unit p95 <= 2x solo.
 """
 
 import argparse
@@ -36,13 +37,13 @@ import torch
 from transformers.utils import logging as hf_logging
 
 from benchmarks import token2wav as token2wav_benchmark
-from benchmarks.streaming import SIZES, build_inputs, build_model, generation_configs
+from benchmarks.streaming import SIZES, Run, build_inputs, build_model, check_same_ids, generation_configs
 from opens2s.conversion.tiny import build_tiny_token2wav_config
 from opens2s.modeling_opens2s.engine_opens2s import OpenS2SEngine
 from opens2s.modeling_opens2s.modeling_token2wav import OpenS2SToken2Wav
 
 
-__all__ = ["main", "run_engine", "run_sequential"]
+__all__ = ["check_conversation_ids", "main", "run_engine", "run_sequential"]
 
 GOAL_SPEEDUP = 4.0
 GOAL_FIRST_UNIT_P95 = 2.0
@@ -76,6 +77,29 @@ def _cache_bytes(engine: OpenS2SEngine) -> int:
 def _percentile(values: list[float], q: float) -> float:
     values = sorted(values)
     return values[min(len(values) - 1, round(q * (len(values) - 1)))]
+
+
+def _ids(events: list) -> Run:
+    """The text and decoder ids one conversation's events carry."""
+    run = Run()
+    for event in events:
+        if event.kind == "text":
+            run.text_ids += event.token_ids
+        elif event.kind == "units":
+            run.unit_ids += event.token_ids
+    return run
+
+
+def check_conversation_ids(engine_runs: list[Run], alone_runs: list[Run]) -> list[str]:
+    """The conversations whose ids in the engine differ from the same conversation's run alone, each with its first
+    difference (empty: every conversation wrote exactly its ids alone, as the engine guarantees)."""
+    problems = []
+    for index, (in_engine, alone) in enumerate(zip(engine_runs, alone_runs, strict=True)):
+        try:
+            check_same_ids(in_engine, alone, names=("engine", "alone"))
+        except AssertionError as difference:
+            problems.append(f"conversation {index}: {difference}")
+    return problems
 
 
 def _summary(name: str, units: int, seconds: float, stats: list, memory_mb: float | None) -> dict:
@@ -125,13 +149,15 @@ def run_engine(model, prompts: list[dict], kwargs: dict, stagger: int, arrival_g
         step += 1
     _sync(device)
     seconds = time.perf_counter() - start
-    stats = [next(event for event in conversation if event.kind == "done").stats for conversation in conversations]
+    events = [list(conversation) for conversation in conversations]
+    stats = [conversation_events[-1].stats for conversation_events in events]
     if device.type == "cuda":
         memory_mb = (torch.cuda.max_memory_allocated(device) - base) / len(prompts) / 2**20
     else:
         memory_mb = peak_cache / len(prompts) / 2**20
     units = sum(s.num_speech_tokens for s in stats)
     result = _summary("engine", units, seconds, stats, memory_mb)
+    result["ids"] = [_ids(conversation_events) for conversation_events in events]
     result["work"] = {**engine.stats(), "seconds": seconds, "side_threads": engine.side.threads if engine.side else 0}
     return result
 
@@ -152,13 +178,16 @@ def _work_line(count: int, work: dict) -> str:
 
 def run_sequential(model, prompts: list[dict], kwargs: dict) -> dict:
     """The same conversations one after another, each `model.stream` alone."""
-    start, stats = time.perf_counter(), []
+    start, stats, ids = time.perf_counter(), [], []
     for prompt in prompts:
         events = list(model.stream(**prompt, **kwargs))
         stats.append(events[-1].stats)
+        ids.append(_ids(events))
     _sync(model.device)
     seconds = time.perf_counter() - start
-    return _summary("sequential", sum(s.num_speech_tokens for s in stats), seconds, stats, None)
+    result = _summary("sequential", sum(s.num_speech_tokens for s in stats), seconds, stats, None)
+    result["ids"] = ids
+    return result
 
 
 def _row(counts: int, result: dict) -> str:
@@ -234,6 +263,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     solos = [run_sequential(model, prompts_all[:1], kwargs) for _ in range(args.repeat)]
     solo = _median_run(solos, "unit_p95")
+    mismatches = []
     for count in counts:
         prompts = prompts_all[:count]
         engines, sequentials = [], []
@@ -256,6 +286,15 @@ def main(argv: list[str] | None = None) -> None:
                 f"{count:>3} each run   units/s ratio {_listed(ratios, 'x')}; first-unit p95 vs solo "
                 f"{_listed(latencies, 'x')} (solo runs {_listed([s['unit_p95'] for s in solos], ' s')})"
             )
+        problems = [
+            f"N={count} run {run}, {problem}"
+            for run, (e, s) in enumerate(zip(engines, sequentials, strict=True))
+            for problem in check_conversation_ids(e["ids"], s["ids"])
+        ]
+        print(f"{count:>3} ids        " + ("; ".join(problems) or f"engine == alone in all {count} conversations"))
+        mismatches += problems
+    if mismatches:
+        raise SystemExit(f"ids in the engine differ from the same conversations alone: {'; '.join(mismatches)}")
 
 
 if __name__ == "__main__":

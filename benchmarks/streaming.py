@@ -326,12 +326,13 @@ def print_table(ours: list[Run], original: list[Run]) -> None:
         print(f"{name:<14}" + "".join(f"{values[column]:>14.3f}{suffix or ' '}" for column in columns))
 
 
-def check_same_ids(ours: Run, original: Run) -> None:
-    """Raise an `AssertionError` naming the first difference unless both runs wrote the same text and unit ids."""
+def check_same_ids(ours: Run, original: Run, names: tuple[str, str] = ("ours", "original")) -> None:
+    """Raise an `AssertionError` naming the first difference unless both runs wrote the same text and unit ids
+    (`names`: what the two runs are called in the message)."""
     for what, a, b in (("text", ours.text_ids, original.text_ids), ("unit", ours.unit_ids, original.unit_ids)):
         if a != b:
             index = next((i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), min(len(a), len(b)))
-            raise AssertionError(f"{what} ids differ from position {index}: ours {a[index:][:8]}, original "
+            raise AssertionError(f"{what} ids differ from position {index}: {names[0]} {a[index:][:8]}, {names[1]} "
                                  f"{b[index:][:8]} ({len(a)} vs {len(b)} ids)")  # fmt: skip
 
 
