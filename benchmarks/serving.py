@@ -19,13 +19,15 @@ Each conversation has its own prompt (`benchmarks.streaming.build_inputs` with s
 decoder (tiny dims on CPU, the full GLM-4-Voice dims with `--size full`); every decoder id below the EOS is a unit.
 
 Printed, per number of conversations N, for `engine` (all N submitted at staggered steps, one loop) and `sequential`
-(the N run one after another): aggregate units/s (all units / wall seconds from the first arrival to the last
-answer), first unit and first audio latency p50 / p95 (seconds from a conversation's arrival; for `sequential` from
-its own start, i.e. a solo run), and the engine's peak key/value cache memory per conversation (MB; on CUDA the peak
-allocated memory per added conversation), and where the engine's time went (LM forwards, token2wav batches, the audio
-encoder, which runs once per prompt, and the rest), and whether every conversation wrote in the engine exactly the
-text and decoder ids of its run alone (the engine's guarantee; the run exits non-zero, after the figures, when one
-did not). Goal on CPU: N=8 engine >= 4x the sequential units/s, first-unit p95 <= 2x solo.
+(the N run one after another): aggregate units/s (all units / wall seconds from the first arrival to the last answer),
+first unit and first audio latency p50 / p95 (seconds from a conversation's arrival; for `sequential` from its own
+start, i.e. a solo run), and the engine's peak key/value cache memory per conversation (MB; on CUDA the peak allocated
+memory per added conversation), and where the engine's time went (LM forwards, token2wav batches, the audio encoder,
+which runs once per prompt, and the rest); the engine's units/s while all N were active at once (from the step that
+admitted the last one to the first answer's end: no ramp-up, no drain), against that span of the N=1 run (a
+conversation alone, after its prompt's encoding and before its last audio); and whether every conversation wrote in the
+engine exactly the text and decoder ids of its run alone (the engine's guarantee; the run exits non-zero, after the
+figures, when one did not). Goal on CPU: N=8 engine >= 4x the sequential units/s, first-unit p95 <= 2x solo.
 """
 
 import argparse
@@ -130,6 +132,7 @@ def run_engine(model, prompts: list[dict], kwargs: dict, stagger: int, arrival_g
         torch.cuda.reset_peak_memory_stats(device)
         base = torch.cuda.memory_allocated(device)
     conversations, peak_cache, step = [], 0, 0
+    together = []  # (seconds, units so far) after each step with every conversation active: none queued or done
     start = time.perf_counter()
     while len(conversations) < len(prompts) or engine.stats()["active"] or engine.stats()["queued"]:
         if len(conversations) < len(prompts):
@@ -147,6 +150,9 @@ def run_engine(model, prompts: list[dict], kwargs: dict, stagger: int, arrival_g
         engine.step()
         peak_cache = max(peak_cache, _cache_bytes(engine))
         step += 1
+        if len(conversations) == len(prompts) and len(engine.active) == len(prompts):
+            units_so_far = sum(c.interleaver.stats.num_speech_tokens for c in engine.active if c.interleaver)
+            together.append((time.perf_counter() - start, units_so_far))
     _sync(device)
     seconds = time.perf_counter() - start
     events = [list(conversation) for conversation in conversations]
@@ -158,6 +164,11 @@ def run_engine(model, prompts: list[dict], kwargs: dict, stagger: int, arrival_g
     units = sum(s.num_speech_tokens for s in stats)
     result = _summary("engine", units, seconds, stats, memory_mb)
     result["ids"] = [_ids(conversation_events) for conversation_events in events]
+    result["together_units_per_s"] = result["together_seconds"] = None
+    if len(together) > 1 and together[-1][0] > together[0][0]:
+        (first_seconds, first_units), (last_seconds, last_units) = together[0], together[-1]
+        result["together_units_per_s"] = (last_units - first_units) / (last_seconds - first_seconds)
+        result["together_seconds"] = last_seconds - first_seconds
     result["work"] = {**engine.stats(), "seconds": seconds, "side_threads": engine.side.threads if engine.side else 0}
     return result
 
@@ -174,6 +185,19 @@ def _work_line(count: int, work: dict) -> str:
         f"audio encoder {work['audio_encoder_seconds']:.1f} s; beside the loop {work['side_seconds']:.1f} s "
         f"({work['side_threads']} side threads); rest of the loop {rest:.1f} s"
     )
+
+
+def _together_line(count: int, engine: dict, alone_rate: float | None) -> str:
+    """The engine's units/s while every conversation was active at once (from the step the last one was admitted
+    to the one before the first answer ended), against the same span of a conversation alone (`alone_rate`: the N=1
+    run's; that span leaves out the prompt's encoding and the last audio, which a whole run counts)."""
+    if engine["together_units_per_s"] is None:
+        return f"{count:>3} all active never all {count} at once"
+    rate = engine["together_units_per_s"]
+    line = f"{count:>3} all active {rate:>8.1f} units/s over {engine['together_seconds']:.1f} s of the run"
+    if alone_rate is not None and count > 1:
+        line += f", {rate / alone_rate:.2f}x a conversation alone over the same span ({alone_rate:.1f} units/s)"
+    return line
 
 
 def run_sequential(model, prompts: list[dict], kwargs: dict) -> dict:
@@ -263,7 +287,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     solos = [run_sequential(model, prompts_all[:1], kwargs) for _ in range(args.repeat)]
     solo = _median_run(solos, "unit_p95")
-    mismatches = []
+    mismatches, alone_rate = [], None
     for count in counts:
         prompts = prompts_all[:count]
         engines, sequentials = [], []
@@ -279,6 +303,9 @@ def main(argv: list[str] | None = None) -> None:
             f"first-unit p95 {_median_run(engines, 'unit_p95')['unit_p95'] / solo['unit_p95']:.2f}x solo "
             f"(goal at 8 on CPU: >= {GOAL_SPEEDUP}x, <= {GOAL_FIRST_UNIT_P95}x)"
         )
+        if count == 1:
+            alone_rate = engine["together_units_per_s"]
+        print(_together_line(count, engine, alone_rate))
         if args.repeat > 1:
             ratios = [e["units_per_s"] / s["units_per_s"] for e, s in zip(engines, sequentials, strict=True)]
             latencies = [e["unit_p95"] / solo["unit_p95"] for e in engines]

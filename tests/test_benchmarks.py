@@ -67,6 +67,8 @@ def test_serving_tiny_run_prints_both_modes_and_checks_every_conversations_ids(s
         for row in rows[:2]:
             assert all(float(value) > 0 for value in row[2:7])  # units/s, first unit and first audio p50 / p95
         assert f"{count:>3} ids        engine == alone in all {count} conversations" in lines
+    together = [line for line in lines if " all active " in line]
+    assert len(together) == 2 and "a conversation alone over the same span" in together[1]
 
 
 def test_serving_run_fails_after_the_figures_when_a_conversation_differs_alone(
