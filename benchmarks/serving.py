@@ -11,7 +11,9 @@ Options: `--text-tokens 32 --units 80` (each conversation writes exactly these: 
 `--stagger 3` (conversation i arrives at engine step 3 i), `--arrival-gap S` (instead: conversation i arrives S i
 seconds after the first, by the clock, as traffic does; the engine idles when it has nothing to do before the next
 arrival), `--threads N` (torch CPU threads; printed), `--seed`,
-`--no-audio` (units only: what batching the two LMs gives, without the per-conversation token2wav), `--repeat K` (K
+`--no-audio` (units only: what batching the two LMs gives, without the per-conversation token2wav), `--compile` (the
+fast path, static caches and compiled steps, on both sides; each N first runs once unmeasured to compile its shapes;
+on CUDA that is CUDA graphs), `--repeat K` (K
 runs of each measurement, engine and one-after-another alternating, the solo reference too: the rows show the median
 run, and each run's ratios are printed; on a shared CPU one run varies by ~8%).
 
@@ -67,6 +69,11 @@ def attach_speech(model, size: str, device: str, dtype: torch.dtype) -> SimpleNa
 
 
 def _cache_bytes(engine: OpenS2SEngine) -> int:
+    """Bytes of key/value caches the engine holds now: its conversations' caches, or on the fast path its
+    preallocated pools (every slot, used or not)."""
+    if engine.fast is not None:
+        pools = engine.fast.pools.values()
+        return sum(tensor.numel() * tensor.element_size() for pool in pools for tensor in (*pool.keys, *pool.values))
     total = 0
     for conversation in engine.active:
         for state in (conversation.interleaver.text, conversation.interleaver.speech):
@@ -123,10 +130,12 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def run_engine(model, prompts: list[dict], kwargs: dict, stagger: int, arrival_gap: float | None = None) -> dict:
-    """All conversations through one engine, conversation i submitted at step `stagger * i`, or with `arrival_gap`
-    at `arrival_gap * i` seconds after the first."""
-    engine = OpenS2SEngine(model, max_active=len(prompts), max_queued=0)
+def run_engine(
+    model, prompts: list[dict], kwargs: dict, stagger: int, arrival_gap: float | None = None, compile: bool = False
+) -> dict:
+    """All conversations through one engine (the fast path with `compile`), conversation i submitted at step
+    `stagger * i`, or with `arrival_gap` at `arrival_gap * i` seconds after the first."""
+    engine = OpenS2SEngine(model, max_active=len(prompts), max_queued=0, compile=compile)
     device = model.device
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
@@ -200,11 +209,11 @@ def _together_line(count: int, engine: dict, alone_rate: float | None) -> str:
     return line
 
 
-def run_sequential(model, prompts: list[dict], kwargs: dict) -> dict:
-    """The same conversations one after another, each `model.stream` alone."""
+def run_sequential(model, prompts: list[dict], kwargs: dict, compile: bool = False) -> dict:
+    """The same conversations one after another, each `model.stream` alone (the fast path with `compile`)."""
     start, stats, ids = time.perf_counter(), [], []
     for prompt in prompts:
-        events = list(model.stream(**prompt, **kwargs))
+        events = list(model.stream(**prompt, **kwargs, compile=compile))
         stats.append(events[-1].stats)
         ids.append(_ids(events))
     _sync(model.device)
@@ -237,6 +246,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-audio", action="store_true", help="units only (no token2wav): the LMs' batching alone")
     parser.add_argument("--repeat", type=int, default=1, help="runs of each measurement; the median run is shown")
+    parser.add_argument(
+        "--compile", action="store_true", help="the fast path (static caches, compiled steps) on both sides"
+    )
     args = parser.parse_args(argv)
     if args.repeat < 1:
         parser.error(f"--repeat must be >= 1, got {args.repeat}")
@@ -278,22 +290,29 @@ def main(argv: list[str] | None = None) -> None:
     print(
         f"size {size} on {args.device} ({dtype}), {torch.get_num_threads()} threads: LLM {text.hidden_size} x "
         f"{text.num_hidden_layers}, decoder {decoder.hidden_size} x {decoder.num_hidden_layers}; "
-        f"{args.text_tokens} text tokens and {args.units} units per conversation, arrivals every {arrivals}"
+        f"{args.text_tokens} text tokens and {args.units} units per conversation, arrivals every {arrivals}; "
+        + ("fast path (compile=True)" if args.compile else "eager")
     )
     prompts_all = [build_inputs(model, seed=args.seed + index) for index in range(max(counts))]
-    list(model.stream(**prompts_all[0], **kwargs))  # warm-up
+    list(model.stream(**prompts_all[0], **kwargs, compile=args.compile))  # warm-up
     print(
         f"{'N':>3} {'mode':<11}{'units/s':>9}{'unit p50':>9}{'unit p95':>9}{'aud p50':>9}{'aud p95':>9}{'MB/conv':>10}"
     )
-    solos = [run_sequential(model, prompts_all[:1], kwargs) for _ in range(args.repeat)]
+    solos = [run_sequential(model, prompts_all[:1], kwargs, args.compile) for _ in range(args.repeat)]
     solo = _median_run(solos, "unit_p95")
     mismatches, alone_rate = [], None
     for count in counts:
         prompts = prompts_all[:count]
         engines, sequentials = [], []
+        if args.compile:  # an engine of `count` slots compiles its own step shapes: not in the figures
+            begin = time.perf_counter()
+            run_engine(model, prompts, kwargs, args.stagger, args.arrival_gap, compile=True)
+            seconds = time.perf_counter() - begin
+            print(f"{count:>3} warm-up    {seconds:.1f} s (compiles the fast path for {count} conversations)")
         for run in range(args.repeat):
-            engines.append(run_engine(model, prompts, kwargs, args.stagger, args.arrival_gap))
-            sequentials.append(solos[run] if count == 1 else run_sequential(model, prompts, kwargs))
+            engines.append(run_engine(model, prompts, kwargs, args.stagger, args.arrival_gap, args.compile))
+            sequential = solos[run] if count == 1 else run_sequential(model, prompts, kwargs, args.compile)
+            sequentials.append(sequential)
         engine, sequential = _median_run(engines, "units_per_s"), _median_run(sequentials, "units_per_s")
         print(_row(count, engine))
         print(_row(count, sequential))

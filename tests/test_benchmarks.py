@@ -93,3 +93,14 @@ def test_conversation_id_check_names_each_conversation_that_differs(serving_benc
     assert serving_benchmark.check_conversation_ids([same, same], [same, same]) == []
     problems = serving_benchmark.check_conversation_ids([same, same], [same, other])
     assert problems == ["conversation 1: text ids differ from position 1: engine [2], alone [3] (2 vs 2 ids)"]
+
+
+@pytest.mark.slow
+def test_serving_fast_path_run_compiles_before_measuring_and_keeps_every_conversations_ids(serving_benchmark, capsys):
+    serving_benchmark.main([*SERVING_TINY, "--compile"])
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].endswith("fast path (compile=True)")
+    for count in (1, 3):
+        warm_up = next(index for index, line in enumerate(lines) if line.startswith(f"{count:>3} warm-up"))
+        assert lines[warm_up + 1].split()[:2] == [str(count), "engine"]  # measured after it
+        assert f"{count:>3} ids        engine == alone in all {count} conversations" in lines
