@@ -9,12 +9,12 @@ Run from the repository root (nothing is downloaded; random weights):
 
 Options: `--text-tokens 32 --units 80` (each conversation writes exactly these: greedy, EOS suppressed), `--stagger 3`
 (conversation i arrives at engine step 3 i), `--arrival-gap S` (instead: conversation i arrives S i seconds after the
-first, by the clock, as traffic does; the engine idles when it has nothing to do before the next arrival), `--threads
-N` (torch CPU threads; printed), `--seed`, `--no-audio` (units only: what batching the two LMs gives, without the
-per-conversation token2wav), `--compile` (the fast path, static caches and compiled steps, on both sides; each N first
-runs once unmeasured to compile its shapes; on CUDA that is CUDA graphs), `--repeat K` (K runs of each measurement,
-engine and one-after-another alternating, the solo reference too: the rows show the median run, and each run's ratios
-are printed; on a shared CPU one run varies by ~8%).
+first, by the clock, as traffic does; the engine idles when it has nothing to do before the next arrival),
+`--threads N` (torch CPU threads; printed), `--seed`, `--no-audio` (units only: what batching the two LMs gives,
+without the per-conversation token2wav), `--compile` (the fast path, static caches and compiled steps, on both sides;
+each N first runs once unmeasured to compile its shapes; on CUDA that is CUDA graphs), `--repeat K` (K runs of each
+measurement, engine and one-after-another alternating, the solo reference too: the rows show the median run, and each
+run's ratios are printed; on a shared CPU one run varies by ~8%).
 
 Each conversation has its own prompt (`benchmarks.streaming.build_inputs` with seed i) and speaks through a token2wav
 decoder (tiny dims on CPU, the full GLM-4-Voice dims with `--size full`); every decoder id below the EOS is a unit.
