@@ -532,7 +532,7 @@ class OpenS2SEngine:
                     elif group[0].inputs_embeds.shape[1] == 1:
                         compiling = self.fast.decode(group[0].state.causal_lm, group)
                     else:
-                        self.fast.prefill(group[0])
+                        self.fast.prefill(group)
             except Exception as error:  # noqa: BLE001 - handed to the callers of the rows of this forward
                 self._fail([owners[id(feed)] for feed in group], error, "forward")
                 continue

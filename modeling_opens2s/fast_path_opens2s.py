@@ -1,18 +1,19 @@
 """The engine's fast path (`compile=True`): static key/value caches and a compiled single-position step.
 
-Each LM keeps one preallocated key/value pool of fixed shape for all conversations (a slot each,
-`max(max_active, MIN_GEMM_ROWS)` slots), so a single-position step is one forward of fixed shapes over every slot (idle
-slots are padding rows), compiled once with `torch.compile` (CUDA graphs on CUDA) and reused by every later step and
-every later engine of the same model. Multi-position forwards (a prompt, a speech chunk's rows) run uncompiled against
-the same pool, so a new prompt length never recompiles. The pool length grows in powers of two from 64 (a longer
-answer recompiles once per new length).
+Each LM keeps one preallocated key/value pool of fixed shape for all conversations (a slot each, `max(max_active,
+MIN_GEMM_ROWS)` slots), so a single-position step is one forward of fixed shapes over every slot (idle slots are
+padding rows), compiled once with `torch.compile` (CUDA graphs on CUDA) and reused by every later step and every later
+engine of the same model. Multi-position forwards (a prompt, a speech chunk's rows) run uncompiled against the same
+pool, those of one step and one LM packed into one forward as on the eager path, so a new prompt length never
+recompiles and the conversations' speech chunk heads of one step cost one forward, not one each. The pool length grows
+in powers of two from 64 (a longer answer recompiles once per new length).
 """
 
 import logging
 
 import torch
 
-from .packed_forward_opens2s import MIN_GEMM_ROWS, pad_rows
+from .packed_forward_opens2s import MIN_GEMM_ROWS, run_packed
 from .streaming_opens2s import _Feed
 
 
@@ -201,26 +202,29 @@ class FastPath:
             pool.grow(length)
         return pool
 
-    def prefill(self, feed: _Feed) -> None:
-        """A multi-position forward of one conversation, uncompiled, against its slot of the pool."""
-        state, causal_lm = feed.state, feed.state.causal_lm
-        embeds = feed.inputs_embeds.to(causal_lm.lm_head.weight.device)
-        length, start = embeds.shape[1], state.written
-        if start == 0:  # first forward of this LM: room for everything the budgets allow, + 1 idle write
-            state.capacity = length + state.reserve + 1
-        pool = self._pool(state, state.capacity)
-        attention_mask, position_ids = state.advance(length)
-        new_valid = attention_mask[:, -length:].bool() if attention_mask is not None else True
-        pool.valid[state.slot, start : start + length] = new_valid
-        query_index = torch.arange(start, start + length, device=pool.device)[None]
-        hidden = causal_lm.model(
-            inputs_embeds=embeds,
-            attention_mask={"full_attention": _pool_mask(pool.valid[state.slot : state.slot + 1], query_index)},
-            position_ids=position_ids,
-            cache=_SlotWrite(pool, state.slot, start),
-            use_cache=True,
-        ).last_hidden_state
-        feed.hidden, feed.logits = hidden, causal_lm.lm_head(pad_rows(hidden[:, -1], MIN_GEMM_ROWS))[:1]
+    def prefill(self, feeds: list[_Feed]) -> None:
+        """Multi-position forwards of one LM (a prompt, a speech chunk's rows), uncompiled, each against its
+        conversation's slot of the pool: one packed forward ([`run_packed`]: the feeds' positions one after another,
+        attention per feed), so a conversation's arithmetic is that of its forward alone."""
+        causal_lm = feeds[0].state.causal_lm
+        inputs = [feed.inputs_embeds.to(causal_lm.lm_head.weight.device) for feed in feeds]
+        for feed, embeds in zip(feeds, inputs, strict=True):
+            if feed.state.written == 0:  # first forward of this LM: room for everything the budgets allow, + 1 idle
+                feed.state.capacity = embeds.shape[1] + feed.state.reserve + 1
+        pool = self._pool(feeds[0].state, max(feed.state.capacity for feed in feeds))
+        position_ids, masks, writes = [], [], []
+        for feed, embeds in zip(feeds, inputs, strict=True):
+            state, length = feed.state, embeds.shape[1]
+            start = state.written
+            attention_mask, positions = state.advance(length)
+            pool.valid[state.slot, start : start + length] = (
+                attention_mask[:, -length:].bool() if attention_mask is not None else True
+            )
+            query_index = torch.arange(start, start + length, device=pool.device)[None]
+            position_ids.append(positions)
+            masks.append(_pool_mask(pool.valid[state.slot : state.slot + 1], query_index))
+            writes.append(_SlotWrite(pool, state.slot, start))
+        run_packed(causal_lm, feeds, inputs, position_ids, {"full_attention": masks}, writes)
 
     def decode(self, causal_lm, feeds: list[_Feed]) -> bool:
         """One compiled single-position step of `causal_lm` over every slot, for `feeds` (other slots idle); returns

@@ -31,7 +31,7 @@ from transformers.models.qwen3.modeling_qwen3 import eager_attention_forward
 from .streaming_opens2s import _Feed
 
 
-__all__ = ["MIN_GEMM_ROWS", "forward_groups", "forward_lock", "forward_packed", "pad_rows"]
+__all__ = ["MIN_GEMM_ROWS", "forward_groups", "forward_lock", "forward_packed", "pad_rows", "run_packed"]
 
 # Fewest rows a single-position forward is given (zero rows pad it): from this count on, a float32 GEMM row's result
 # does not depend on the number of rows (see the module docstring).
@@ -164,24 +164,36 @@ def forward_packed(causal_lm, feeds: list[_Feed]) -> None:
     neither padding nor split: it runs on its own cache with the LM's own attention, the same arithmetic, and so
     without the lock, beside the loop's forwards.
     """
-    model = causal_lm.model
     inputs = [feed.inputs_embeds.to(causal_lm.lm_head.weight.device) for feed in feeds]
+    positions = [feed.state.advance(embeds.shape[1]) for feed, embeds in zip(feeds, inputs, strict=True)]
+    masks = _feed_masks(causal_lm.model, feeds, inputs, positions)
+    caches = [feed.state.cache for feed in feeds]
+    run_packed(causal_lm, feeds, inputs, [position_ids for _, position_ids in positions], masks, caches)
+
+
+def run_packed(
+    causal_lm, feeds: list[_Feed], inputs: list[torch.Tensor], position_ids: list, masks: dict[str, list], caches: list
+) -> None:
+    """The packed forward itself, for any kind of per-feed cache: [`forward_packed`] (each feed's `DynamicCache`) and
+    the fast path's multi-position forwards (each feed's slot of a preallocated pool). `inputs` `(1, n_i, hidden)`,
+    `position_ids` `(1, n_i)`, `masks` (per layer type, each feed's attention mask) and `caches` (anything with a
+    `DynamicCache`-like `update`) are per feed; fills every feed's `hidden` and `logits`."""
+    model = causal_lm.model
     spans, start = [], 0
     for embeds in inputs:
         spans.append((start, start + embeds.shape[1]))
         start += embeds.shape[1]
-    positions = [feed.state.advance(embeds.shape[1]) for feed, embeds in zip(feeds, inputs, strict=True)]
-    masks = _feed_masks(model, feeds, inputs, positions)
     packed = pad_rows(torch.cat(inputs, dim=1)[0], MIN_GEMM_ROWS)[None]
-    position_ids = pad_rows(torch.cat([position_ids for _, position_ids in positions], dim=1)[0], MIN_GEMM_ROWS)
-    kwargs = {"inputs_embeds": packed, "position_ids": position_ids[None], "use_cache": True}
+    packed_positions = pad_rows(torch.cat(position_ids, dim=1)[0], MIN_GEMM_ROWS)
+    kwargs = {"inputs_embeds": packed, "position_ids": packed_positions[None], "use_cache": True}
     if len(feeds) == 1 and spans[0][1] == packed.shape[1]:
         masks = {layer_type: feed_masks[0] for layer_type, feed_masks in masks.items()}
-        hidden = model(attention_mask=masks, cache=feeds[0].state.cache, **kwargs).last_hidden_state
+        hidden = model(attention_mask=masks, cache=caches[0], **kwargs).last_hidden_state
     else:
-        caches = _PackedCaches([feed.state.cache for feed in feeds], spans)
         with _attention_packed(model.config):
-            hidden = model(attention_mask=masks, cache=caches, packed_spans=spans, **kwargs).last_hidden_state
+            hidden = model(
+                attention_mask=masks, cache=_PackedCaches(caches, spans), packed_spans=spans, **kwargs
+            ).last_hidden_state
     last = torch.stack([hidden[0, end - 1] for _, end in spans])
     logits = causal_lm.lm_head(pad_rows(last, MIN_GEMM_ROWS))
     for index, (feed, (start, end)) in enumerate(zip(feeds, spans, strict=True)):
@@ -190,12 +202,10 @@ def forward_packed(causal_lm, feeds: list[_Feed]) -> None:
 
 def forward_groups(feeds: list[_Feed], pack: bool = True) -> list[list[_Feed]]:
     """Feeds that run as one forward: with `pack`, all the feeds of one LM (any numbers of positions, see
-    [`forward_packed`]); else the single-position feeds of one LM, and each multi-position feed alone."""
-    groups: dict[int, list[_Feed]] = {}
-    alone = []
+    [`forward_packed`]); else (the fast path) the single-position feeds of one LM (its compiled step) and, apart, its
+    multi-position feeds (one packed forward, uncompiled)."""
+    groups: dict[tuple, list[_Feed]] = {}
     for feed in feeds:
-        if pack or feed.inputs_embeds.shape[1] == 1:
-            groups.setdefault(id(feed.state.causal_lm), []).append(feed)
-        else:
-            alone.append([feed])
-    return list(groups.values()) + alone
+        key = (id(feed.state.causal_lm), pack or feed.inputs_embeds.shape[1] == 1)
+        groups.setdefault(key, []).append(feed)
+    return list(groups.values())

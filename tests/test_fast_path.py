@@ -7,6 +7,8 @@ not); the `slow` ones compile with inductor on CPU (~40 s per model on a 2-core 
 that a second call and a new prompt length reuse the compiled step. A CUDA-graph test is skipped without CUDA.
 """
 
+import sys
+
 import pytest
 import torch
 from test_engine import ids_of, prompts, run_plan, solo, tiny  # noqa: F401 - fixtures of the tiny model
@@ -55,6 +57,39 @@ def test_static_caches_give_the_eager_ids_in_a_batch(tiny, prompts, traced_only)
     assert len(pools) == 1
     again = run_plan(model.engine(processor, max_active=2, compile=True), plan[:1])[0]
     assert again["text"] == fast[0]["text"] and compile_stages(again) == 0.0
+
+
+def test_speech_chunk_heads_of_one_step_run_as_one_packed_forward_and_keep_each_conversations_ids(
+    tiny,  # noqa: F811
+    prompts,  # noqa: F811
+    traced_only,
+    monkeypatch,
+):
+    """Three conversations admitted at once reach their speech chunks together: the fast path runs their heads (the
+    text chunk's rows, padded when a last chunk is shorter than `MIN_GEMM_ROWS`) as one uncompiled forward, and every
+    conversation's ids equal its eager run alone."""
+    model, processor = tiny
+    kwargs = [
+        {"max_new_tokens": 9, "speech_max_new_tokens": 40, "token2wav": False},  # a 1-token last text chunk
+        {"max_new_tokens": 12, "speech_max_new_tokens": 30, "token2wav": False},
+        {"max_new_tokens": 10, "speech_max_new_tokens": 36, "token2wav": False},
+    ]
+    engine = model.engine(processor, max_active=3, compile=True, side_threads=0)  # prompts in step, in the loop
+    module = sys.modules[type(engine.fast).__module__]  # the remote-code copy of the fast path module, if any
+    run_packed, packed = module.run_packed, []
+
+    def recording_run_packed(causal_lm, feeds, *args):
+        if causal_lm is model.speech_decoder:
+            packed.append(len(feeds))
+        return run_packed(causal_lm, feeds, *args)
+
+    monkeypatch.setattr(module, "run_packed", recording_run_packed)
+    together = run_plan(engine, [(0, inputs, kw) for inputs, kw in zip(prompts[:3], kwargs, strict=True)])
+    assert max(packed) == 3  # the three heads of one step in one forward
+    for index, (inputs, kw, mine) in enumerate(zip(prompts[:3], kwargs, together, strict=True)):
+        alone = solo(tiny, inputs, **kw)
+        assert mine["text"] == alone["text"], f"conversation {index}: text ids differ"
+        assert mine["speech"] == alone["speech"], f"conversation {index}: decoder ids differ"
 
 
 def test_left_padded_prompt_gives_the_eager_ids(tiny, prompts, traced_only):  # noqa: F811
