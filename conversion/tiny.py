@@ -42,7 +42,7 @@ __all__ = [
 logger = logging.get_logger(__name__)
 
 # Bump the folder name whenever the build changes, so caches of an older build are not reused.
-TINY_MODEL_DIR = Path(os.environ.get("OPENS2S_CACHE", "~/.cache/opens2s")).expanduser() / "tiny-v23"
+TINY_MODEL_DIR = Path(os.environ.get("OPENS2S_CACHE", "~/.cache/opens2s")).expanduser() / "tiny-v24"
 
 # The BPE training text. Changing it changes the vocabulary, hence every weight shape: bump TINY_MODEL_DIR.
 CORPUS = (
@@ -245,7 +245,7 @@ def _build_tiny_token2wav(dst: Path, seed: int) -> None:
 
 
 def tiny_model_path() -> Path:
-    """Path of the tiny model in [`TINY_MODEL_DIR`] (`$OPENS2S_CACHE/tiny-v23`), built there on first use.
+    """Path of the tiny model in [`TINY_MODEL_DIR`] (`$OPENS2S_CACHE/tiny-v24`), built there on first use.
 
     The build goes to a staging folder that is renamed into place, so concurrent first uses never see half a folder.
     """

@@ -559,17 +559,15 @@ class OpenS2SEngine:
                 and conversation.interleaver.renders_apart
                 and not conversation.beside_loop
             ]
-            batches: dict[tuple, tuple] = {}  # group -> (the chunks' batch key, conversations)
+            batches: dict[tuple, list[Conversation]] = {}  # the chunks' batch key -> conversations
             for conversation in speaking:
                 stream = conversation.interleaver.audio_stream
                 if stream is not None and stream.ready:
-                    key = stream.batch_key()
-                    # A compiled estimator has fixed shapes: every batch size would compile a new graph.
-                    group = (key, conversation.id) if key.estimator is not None else key
-                    batches.setdefault(group, (key, []))[1].append(conversation)
-            due = [(key, members) for key, members in batches.values() if self._audio_due(members, len(speaking))]
+                    # (A compiled estimator's graph serves batches of any size.)
+                    batches.setdefault(stream.batch_key(), []).append(conversation)
+            due = [(key, members) for key, members in batches.items() if self._audio_due(members, len(speaking))]
             if not due:  # what is left waits this step
-                for _, members in batches.values():
+                for members in batches.values():
                     for member in members:
                         member.audio_waited += 1
                 break

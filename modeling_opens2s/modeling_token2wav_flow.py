@@ -407,6 +407,23 @@ class FlowOutput:
     speaker_condition: Tensor
 
 
+class BatchSymbolicEstimator:
+    """`torch.compile(estimator)` called with its batch dimension marked dynamic (when it holds 2 rows or more), so
+    the first call compiles one graph for every batch size: a token2wav chunk batched with other conversations' (an
+    engine's batch of any size) reuses what one conversation alone compiled. Other dimensions stay as dynamo decides
+    (static at first; a second chunk length compiles once more)."""
+
+    def __init__(self, estimator: nn.Module, mode: str | None = None):
+        self.compiled = torch.compile(estimator, mode=mode)
+        self.parameters = estimator.parameters  # what `solve_euler_cfg` reads the estimator's dtype from
+
+    def __call__(self, x: Tensor, mask: Tensor, mu: Tensor, t: Tensor, spks: Tensor, cond: Tensor) -> Tensor:
+        for tensor in (x, mask, mu, spks, cond):
+            if tensor.shape[0] > 1:  # dynamo specializes sizes 0 and 1
+                torch._dynamo.mark_dynamic(tensor, 0)
+        return self.compiled(x, mask, mu, t, spks, cond)
+
+
 class FlowDecoder(nn.Module):
     """Speech units -> log-mel: block-causal encoder, length regulator and conditional flow matching.
 
@@ -429,11 +446,12 @@ class FlowDecoder(nn.Module):
         self._compiled_estimators: dict[str, Callable] = {}  # torch.compile mode -> compiled estimator
 
     def compiled_estimator(self, mode: str | None = None) -> Callable:
-        """`torch.compile(self.estimator, dynamic=False)`, built once per `mode` and kept, so every stream of this
-        decoder reuses its compiled graphs (one per input shape; the first call of a shape compiles). Its output
-        equals the eager estimator's up to float32 rounding (fused kernels sum in another order)."""
+        """The estimator compiled with `torch.compile` ([`BatchSymbolicEstimator`]), built once per `mode` and kept,
+        so every stream of this decoder reuses its graphs: the batch is symbolic, so batches of any size share one
+        graph, and a new chunk length compiles once. Its output equals the eager estimator's up to float32 rounding
+        (fused kernels sum in another order)."""
         if mode not in self._compiled_estimators:
-            self._compiled_estimators[mode] = torch.compile(self.estimator, mode=mode, dynamic=False)
+            self._compiled_estimators[mode] = BatchSymbolicEstimator(self.estimator, mode)
         return self._compiled_estimators[mode]
 
     @property

@@ -232,8 +232,8 @@ class BlockStream:
     stacked), so a stream's audio does not depend on its batch mates, up to float32 rounding: the stacked kernels
     sum in another order. Measured on CPU (float32, random weights), a stream rendered in a batch of 3 differs from
     the same stream alone by at most 1.4e-7 on the tiny decoder (157-unit answers, every chunk size) and 1.2e-7 on the
-    full-size decoder (first chunk), for waveforms peaking at ~0.1. With `compile=True` each batch size is a new
-    estimator shape, so it compiles once per size.
+    full-size decoder (first chunk), for waveforms peaking at ~0.1. With `compile=True` the estimator's batch is
+    symbolic: batches of any size share the graph one stream compiled.
     """
 
     def __init__(

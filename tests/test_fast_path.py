@@ -92,6 +92,24 @@ def test_speech_chunk_heads_of_one_step_run_as_one_packed_forward_and_keep_each_
         assert mine["speech"] == alone["speech"], f"conversation {index}: decoder ids differ"
 
 
+def test_chunks_through_a_compiled_estimator_batch_across_conversations(tiny, prompts, traced_only, monkeypatch):  # noqa: F811
+    """With `compile=True` the conversations' token2wav chunks of one shape still render as one batch (the compiled
+    estimator's batch is symbolic: one graph for every batch size). Run with the estimator uncompiled here (an
+    inductor build takes a minute; the one-graph property is tested in test_token2wav.py)."""
+    model, processor = tiny
+    flow = model.token2wav.flow
+    monkeypatch.setattr(flow, "compiled_estimator", lambda mode=None: flow.estimator)
+    engine = model.engine(processor, max_active=3, compile=True, side_threads=0)
+    kwargs = {"max_new_tokens": 8, "speech_max_new_tokens": 40}
+    together = run_plan(engine, [(0, inputs, kwargs) for inputs in prompts[:3]])
+    work = engine.stats()
+    assert work["token2wav_chunks"] > work["token2wav_batches"] > 0  # chunks of several conversations in one batch
+    for index, (inputs, mine) in enumerate(zip(prompts[:3], together, strict=True)):
+        alone = solo(tiny, inputs, compile=True, **kwargs)
+        assert mine["speech"] == alone["speech"], f"conversation {index}: decoder ids differ"
+        assert sum(len(pcm) for pcm in mine["audio"]) == sum(len(pcm) for pcm in alone["audio"]) > 0
+
+
 def test_left_padded_prompt_gives_the_eager_ids(tiny, prompts, traced_only):  # noqa: F811
     model, processor = tiny
     inputs = dict(prompts[1])

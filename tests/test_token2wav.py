@@ -10,6 +10,7 @@ import json
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
+from torch._dynamo.utils import counters
 from transformers import PreTrainedConfig
 
 from fixture_sets import recorded_calls, requires_token2wav, token2wav_sets
@@ -21,6 +22,7 @@ from opens2s.modeling_opens2s.configuration_token2wav import (
     OpenS2SToken2WavHiFTConfig,
 )
 from opens2s.modeling_opens2s.modeling_token2wav import OpenS2SToken2Wav
+from opens2s.modeling_opens2s.modeling_token2wav_streaming import render_chunks
 
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -431,7 +433,8 @@ def test_inference_runs_without_autograd(mode):
 @pytest.mark.slow  # inductor compiles the tiny estimator for one chunk shape: about a minute on a 2-core CPU
 def test_compiled_block_stream_equals_eager():
     """`start_stream(compile=True)`: the fixed-shape chunks run the compiled estimator, same audio as eager up to
-    float32 rounding, same length; a second stream reuses the compiled graph (same audio bit for bit)."""
+    float32 rounding, same length; a second stream reuses the compiled graph (same audio bit for bit), and so does a
+    batch of three streams' chunks."""
     model = tiny_token2wav(num_timesteps=2)
     # 23 units: the first one-block chunk (10 units, compiled), then the final 13 (eager, a ragged shape).
     units = random_units(23, model.config.vocab_size)
@@ -450,6 +453,18 @@ def test_compiled_block_stream_equals_eager():
     torch.testing.assert_close(again, compiled, atol=0, rtol=0)
     with pytest.raises(ValueError, match="compile=True is for mode"):
         model.start_stream(mode="original", compile=True)
+
+    # The batch is symbolic: three streams' first chunks as one batch reuse the graph one stream compiled.
+    graphs = counters["stats"]["unique_graphs"]
+    streams = [model.start_stream(generator=torch.Generator().manual_seed(seed), compile=True) for seed in range(3)]
+    alone = [model.start_stream(generator=torch.Generator().manual_seed(seed)) for seed in range(3)]
+    for seed, (batched, eager_stream) in enumerate(zip(streams, alone, strict=True)):
+        chunk = random_units(10, model.config.vocab_size, seed=seed + 2)
+        batched.add(chunk)
+        eager_stream.add(chunk)
+    for waveform, eager_stream in zip(render_chunks(streams), alone, strict=True):
+        torch.testing.assert_close(waveform, render_chunks([eager_stream])[0], atol=1e-5, rtol=0)
+    assert counters["stats"]["unique_graphs"] == graphs
 
 
 @pytest.mark.parametrize("mode", ["blocks", "original"])
