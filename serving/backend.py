@@ -140,8 +140,11 @@ class StreamBackend:
             conversation._events.put(_END)
 
 
-def make_backend(model, processor=None, *, max_active: int = 8, max_queued: int = 32):
-    """The continuous-batching `OpenS2SEngine` when `opens2s.modeling_opens2s` has it, else a [`StreamBackend`]."""
+def make_backend(model, processor=None, *, max_active: int = 8, max_queued: int = 32, compile: bool = False):
+    """The continuous-batching `OpenS2SEngine` when `opens2s.modeling_opens2s` has it (its fast path with
+    `compile`), else a [`StreamBackend`]."""
     if OpenS2SEngine is not None:
-        return OpenS2SEngine(model, processor, max_active=max_active, max_queued=max_queued)
+        return OpenS2SEngine(model, processor, max_active=max_active, max_queued=max_queued, compile=compile)
+    if compile:
+        raise ValueError("compile=True needs the continuous-batching engine (opens2s.modeling_opens2s.engine_opens2s)")
     return StreamBackend(model, processor, max_active=max_active, max_queued=max_queued)

@@ -45,6 +45,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--max-units", type=int, help="speech unit budget per answer (default: the speech generation config)"
     )
     parser.add_argument("--threads", type=int, help="torch CPU threads per process")
+    parser.add_argument(
+        "--compile",
+        action="store_true",
+        help="the engine's fast path: static caches and compiled decode steps (CUDA graphs on a GPU); the first "
+        "answers pay the compilation",
+    )
     parser.add_argument("--ray", action="store_true", help="serve as Ray Serve replicas behind one endpoint")
     parser.add_argument("--replicas", type=int, default=1, help="with --ray: number of replicas (default 1)")
     parser.add_argument(
@@ -63,6 +69,7 @@ def server_options(args: argparse.Namespace) -> dict:
         "api_key": args.api_key,
         "threads": args.threads,
         "max_units": args.max_units,
+        "compile": args.compile,
         "trust_remote_code": args.trust_remote_code,
         "verify": args.verify,
         "limits": {
@@ -86,9 +93,11 @@ def build_server(
     limits: dict | None = None,
     trust_remote_code: bool = False,
     verify: bool = True,
+    compile: bool = False,
 ):
     """Load the model (the tiny random one when `model` is `None`) and its voices: an [`OpenS2SServer`]. The folder
-    loads with the installed classes unless `trust_remote_code`, checked against its checksums when `verify`."""
+    loads with the installed classes unless `trust_remote_code`, checked against its checksums when `verify`; with
+    `compile` the engine runs its fast path."""
     import torch
 
     from opens2s.processing.chat import load_speech_model, resolve_device_and_dtype
@@ -103,7 +112,7 @@ def build_server(
     voices = load_voices(model, speech_model.model.config.speaker_embedding_dim)
     if model_id is None:
         model_id = "opens2s-tiny" if model is None else Path(str(model)).name
-    return OpenS2SServer(speech_model, model_id, voices, ServerLimits(**(limits or {})), api_key, max_units)
+    return OpenS2SServer(speech_model, model_id, voices, ServerLimits(**(limits or {})), api_key, max_units, compile)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -97,6 +97,8 @@ class OpenS2SServer:
         api_key (`str`, *optional*): when set, every `/v1` request needs `Authorization: Bearer <api_key>`.
         max_units (`int`, *optional*): speech unit budget per answer (12.5 units per second of speech); default the
             model's speech generation config.
+        compile (`bool`, *optional*, defaults to `False`): the engine's fast path (static caches and compiled decode
+            steps, CUDA graphs on a GPU); the first answers of each shape pay the compilation.
     """
 
     def __init__(
@@ -107,6 +109,7 @@ class OpenS2SServer:
         limits: ServerLimits | None = None,
         api_key: str | None = None,
         max_units: int | None = None,
+        compile: bool = False,
     ):
         self.speech_model, self.model_id = speech_model, model_id
         self.voices = voices if voices is not None else {DEFAULT_VOICE: {}}
@@ -115,7 +118,11 @@ class OpenS2SServer:
         self.replica = f"{socket.gethostname()}-{os.getpid()}"
         model = speech_model.model
         self.backend = make_backend(
-            model, speech_model.processor, max_active=self.limits.max_active, max_queued=self.limits.max_queued
+            model,
+            speech_model.processor,
+            max_active=self.limits.max_active,
+            max_queued=self.limits.max_queued,
+            compile=compile,
         )
         self.backend.start()
         self.metrics = Metrics(self.backend.stats)

@@ -378,6 +378,28 @@ def test_realtime_refuses_a_wrong_key(served):
 
 # ---------------------------------------------------------------------------------------------------------- ray
 @pytest.mark.slow
+def test_serve_compile_option_runs_the_engines_fast_path(tiny_model_dir, monkeypatch):
+    import argparse
+
+    from opens2s.serving import backend
+    from opens2s.serving.command import add_arguments, build_server, server_options
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    options = server_options(parser.parse_args(["--model", str(tiny_model_dir), "--device", "cpu", "--compile"]))
+    assert options["compile"] is True
+    server = build_server(**options)
+    try:
+        assert server.backend.fast is not None  # static caches and compiled steps
+    finally:
+        server.close()
+    plain = server_options(parser.parse_args(["--model", str(tiny_model_dir)]))
+    assert plain["compile"] is False
+    monkeypatch.setattr(backend, "OpenS2SEngine", None)  # a model package without the engine
+    with pytest.raises(ValueError, match="needs the continuous-batching engine"):
+        backend.make_backend(server.speech_model.model, compile=True)
+
+
 def test_ray_serve_two_replicas_answer(tiny_model_dir):
     pytest.importorskip("ray.serve", reason="the `ray` extra (ray[serve]) is not installed")
     import ray
