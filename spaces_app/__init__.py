@@ -38,7 +38,8 @@ def file_size(text: str) -> int | None:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the app's options to `parser`. Every default can also come from an environment variable (what a Space's
     "Variables" settings give): `OPENS2S_MODEL`, `OPENS2S_TOKEN2WAV`, `OPENS2S_SPEAKERS`, `OPENS2S_MAX_NEW_TOKENS`,
-    `OPENS2S_MAX_UNITS`, `OPENS2S_CONCURRENCY`, `OPENS2S_MAX_FILE_SIZE`, `OPENS2S_MAX_AUDIO_SECONDS`."""
+    `OPENS2S_MAX_UNITS`, `OPENS2S_CONCURRENCY`, `OPENS2S_MAX_FILE_SIZE`, `OPENS2S_MAX_AUDIO_SECONDS`,
+    `OPENS2S_COMPILE` (`1` or `true`)."""
     parser.add_argument(
         "--model",
         default=os.environ.get("OPENS2S_MODEL"),
@@ -88,6 +89,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="longest spoken question in seconds, checked from the file header (default 120)",
     )
     parser.add_argument("--max-queue-size", type=int, default=32, help="requests that may wait (default 32)")
+    parser.add_argument(
+        "--compile",
+        action="store_true",
+        default=os.environ.get("OPENS2S_COMPILE", "").strip().lower() in ("1", "true"),
+        help="the engine's fast path: static caches and compiled decode steps (CUDA graphs), for a Space with a GPU "
+        "of its own; the first answers pay the compilation",
+    )
     parser.add_argument(
         "--threads",
         type=int,

@@ -184,6 +184,9 @@ class OpenS2SSpace:
             file header before anything is decoded; at most the feature extractor's own limit.
         upload_dir (`str` or `Path`, *optional*): where Gradio keeps uploads and recordings (default Gradio's:
             `$GRADIO_TEMP_DIR`, else the system temp folder's `gradio/`); only files inside it are ever deleted.
+        compile (`bool`, *optional*, defaults to `False`): the engine's fast path (static caches and compiled decode
+            steps, CUDA graphs on a GPU), for a Space with a GPU of its own; the first answers of each shape pay the
+            compilation.
     """
 
     def __init__(
@@ -199,6 +202,7 @@ class OpenS2SSpace:
         max_file_size: int | None = DEFAULT_MAX_FILE_SIZE,
         max_audio_seconds: float = DEFAULT_MAX_AUDIO_SECONDS,
         upload_dir: str | Path | None = None,
+        compile: bool = False,
     ):
         self.speech_model = speech_model
         self.max_new_tokens, self.max_units = max_new_tokens, max_units
@@ -213,7 +217,7 @@ class OpenS2SSpace:
             if (voice := load_voice(path, dim)) is not None:
                 self.voices[name] = voice
         self.engine = speech_model.model.engine(
-            processor=speech_model.processor, max_active=max_active, max_queued=max_queued
+            processor=speech_model.processor, max_active=max_active, max_queued=max_queued, compile=compile
         )
         # ZeroGPU lends the GPU to each call in a worker process: there the call's own iteration drives the engine.
         if spaces is None:
@@ -502,6 +506,7 @@ def run(args: argparse.Namespace) -> int:
         max_queued=args.concurrency_limit,
         max_file_size=args.max_file_size,
         max_audio_seconds=args.max_audio_seconds,
+        compile=args.compile,
     )
     demo = build_demo(space, concurrency_limit=args.concurrency_limit, max_queue_size=args.max_queue_size)
     try:

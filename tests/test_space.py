@@ -479,6 +479,18 @@ def test_the_space_command_line(capsys):
     assert exit_info.value.code == 0 and "--max-history-turns" in capsys.readouterr().out
 
 
+def test_the_compile_option_gives_the_space_the_engines_fast_path(speech_model, monkeypatch):
+    assert build_parser().parse_args(["space"]).compile is False
+    assert build_parser().parse_args(["space", "--compile"]).compile is True
+    monkeypatch.setenv("OPENS2S_COMPILE", "true")  # a Space's "Variables" setting
+    assert build_parser().parse_args(["space"]).compile is True
+    space = OpenS2SSpace(speech_model, max_active=1, max_queued=0, compile=True)
+    try:
+        assert space.engine.fast is not None
+    finally:
+        space.close()
+
+
 def test_the_space_folder_is_ready_to_deploy():
     import re
 
