@@ -142,14 +142,13 @@ def run_engine(
     conversations, peak_cache, step = [], 0, 0
     together = []  # (seconds, units so far) after each step with every conversation active: none queued or done
     start = time.perf_counter()
-    while len(conversations) < len(prompts) or engine.stats()["active"] or engine.stats()["queued"]:
+    while len(conversations) < len(prompts) or engine.active or engine.queued:
         if len(conversations) < len(prompts):
             if arrival_gap is None:
                 due = step == stagger * len(conversations)
             else:
                 arrival = start + arrival_gap * len(conversations)
-                stats = engine.stats()
-                if not (stats["active"] or stats["queued"]):
+                if not (engine.active or engine.queued):
                     time.sleep(max(0.0, arrival - time.perf_counter()))  # nothing to do until the next arrival
                 due = time.perf_counter() >= arrival
             if due:
